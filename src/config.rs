@@ -1,0 +1,406 @@
+//! Settings (SPEC §2): parsed from flags and the environment by clap, after a
+//! `.env` file is loaded by dotenvy. Owns validation; does no other I/O.
+
+use std::{net::IpAddr, time::Duration};
+
+use clap::{error::ContextKind, CommandFactory, Parser, Subcommand};
+
+/// Default `SERVER_ID`.
+pub const DEFAULT_SERVER_ID: &str = "backend-1";
+/// Default `PORT`.
+pub const DEFAULT_PORT: u16 = 3000;
+/// Default `EVENTS_CHANNEL`: the Redis pub/sub channel of the original system.
+pub const DEFAULT_EVENTS_CHANNEL: &str = "user-events";
+/// Default `SSE_KEEPALIVE_SECS`, in seconds: the original system's 15 s.
+pub const DEFAULT_SSE_KEEPALIVE_SECS: u64 = 15;
+/// Default `SSE_RETRY_MS`, in milliseconds.
+pub const DEFAULT_SSE_RETRY_MS: u64 = 3000;
+/// Default `EVENT_HISTORY_LEN`, in events.
+pub const DEFAULT_EVENT_HISTORY_LEN: u64 = 10_000;
+/// Default `MAX_SSE_CLIENTS`, per instance.
+pub const DEFAULT_MAX_SSE_CLIENTS: usize = 50_000;
+/// Default `MAX_BODY_BYTES`, in bytes.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 16_384;
+/// Default `SHUTDOWN_GRACE_SECS`, in seconds.
+pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 10;
+/// Default `SSE_SEND_TIMEOUT_SECS`, in seconds.
+pub const DEFAULT_SSE_SEND_TIMEOUT_SECS: u64 = 30;
+/// Default `REQUEST_TIMEOUT_SECS`, in seconds.
+pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 10;
+/// Default `HEADER_READ_TIMEOUT_SECS`, in seconds.
+pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 10;
+
+/// A setting whose value cannot be used. Printed as one line on stderr, then
+/// the process exits with status 2 (SPEC §2 "Bad configuration").
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {var}={value:?}: {reason}")]
+pub struct ConfigError {
+    /// Environment variable name, e.g. `PORT`.
+    pub var: String,
+    /// The value as given.
+    pub value: String,
+    /// Why it was rejected.
+    pub reason: String,
+}
+
+/// Log output format (`LOG_FORMAT`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The command line: settings, or the `healthcheck` subcommand used by the
+/// container's `HEALTHCHECK` (the runtime image has no curl).
+#[derive(Debug, Parser)]
+#[command(
+    name = "sse-fanout",
+    version,
+    about = "Server-Sent Events fan-out over Redis pub/sub"
+)]
+pub struct Cli {
+    /// Optional subcommand; none runs the server.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Every server setting.
+    #[command(flatten)]
+    pub config: Config,
+}
+
+/// Subcommands of the binary.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Probe `http://127.0.0.1:$PORT/health/live`; exit 0 if it answers 200, else 1.
+    Healthcheck,
+}
+
+/// Every setting of SPEC §2, with its default. Flags mirror the variables.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Name of this instance, shown in events, /health and logs.
+    #[arg(long, env = "SERVER_ID", default_value = DEFAULT_SERVER_ID)]
+    pub server_id: String,
+    /// Bind address.
+    #[arg(long, env = "HOST", default_value = "0.0.0.0")]
+    pub host: IpAddr,
+    /// Bind port (0 = any free port; the bound address is logged).
+    #[arg(long, env = "PORT", default_value_t = DEFAULT_PORT)]
+    pub port: u16,
+    /// Redis URL: redis://[:password@]host:port[/db]. Unset (with REDIS_HOST unset): in-process bus.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// Redis host, used only when REDIS_URL is unset.
+    #[arg(long, env = "REDIS_HOST")]
+    pub redis_host: Option<String>,
+    /// Redis port, used only when REDIS_URL is unset.
+    #[arg(long, env = "REDIS_PORT", default_value_t = 6379)]
+    pub redis_port: u16,
+    /// Redis password, used only when REDIS_URL is unset.
+    #[arg(long, env = "REDIS_PASSWORD", hide_env_values = true)]
+    pub redis_password: Option<String>,
+    /// Redis pub/sub channel for events; history is the stream `<channel>:history`.
+    #[arg(long, env = "EVENTS_CHANNEL", default_value = DEFAULT_EVENTS_CHANNEL)]
+    pub events_channel: String,
+    /// Seconds without an event before a `: keep-alive` comment is sent.
+    #[arg(long, env = "SSE_KEEPALIVE_SECS", default_value_t = DEFAULT_SSE_KEEPALIVE_SECS,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub sse_keepalive_secs: u64,
+    /// `retry:` hint sent to clients at connect, in milliseconds.
+    #[arg(long, env = "SSE_RETRY_MS", default_value_t = DEFAULT_SSE_RETRY_MS)]
+    pub sse_retry_ms: u64,
+    /// Number of recent events kept for resume (approximate cap).
+    #[arg(long, env = "EVENT_HISTORY_LEN", default_value_t = DEFAULT_EVENT_HISTORY_LEN,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub event_history_len: u64,
+    /// SSE clients per instance; more get 503 with Retry-After.
+    #[arg(long, env = "MAX_SSE_CLIENTS", default_value_t = DEFAULT_MAX_SSE_CLIENTS)]
+    pub max_sse_clients: usize,
+    /// Request body limit, in bytes.
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
+    /// CORS: unset = no CORS headers; `*` or a comma-separated list of origins.
+    #[arg(long, env = "CORS_ALLOWED_ORIGINS")]
+    pub cors_allowed_origins: Option<String>,
+    /// Drain time on SIGTERM/SIGINT, in seconds.
+    #[arg(long, env = "SHUTDOWN_GRACE_SECS", default_value_t = DEFAULT_SHUTDOWN_GRACE_SECS)]
+    pub shutdown_grace_secs: u64,
+    /// Log format; the level comes from RUST_LOG (default `info`).
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// A client whose socket accepts no bytes for this many seconds is dropped.
+    #[arg(long, env = "SSE_SEND_TIMEOUT_SECS", default_value_t = DEFAULT_SSE_SEND_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub sse_send_timeout_secs: u64,
+    /// Time limit for non-streaming requests, in seconds.
+    #[arg(long, env = "REQUEST_TIMEOUT_SECS", default_value_t = DEFAULT_REQUEST_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_timeout_secs: u64,
+    /// Time limit for a client to send its request headers, in seconds (slowloris).
+    #[arg(long, env = "HEADER_READ_TIMEOUT_SECS", default_value_t = DEFAULT_HEADER_READ_TIMEOUT_SECS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout_secs: u64,
+    /// Directory of the web page served at `/`.
+    #[arg(long, env = "WEB_DIR", default_value = "web")]
+    pub web_dir: std::path::PathBuf,
+    /// When set, POST /accounts requires `Authorization: Bearer <token>`.
+    #[arg(long, env = "PUBLISH_TOKEN", hide_env_values = true)]
+    pub publish_token: Option<String>,
+}
+
+impl Config {
+    /// Parses flags and environment (after loading `.env`; real variables win).
+    ///
+    /// # Errors
+    /// `Err(Ok(clap_error))` for `--help`/`--version` and usage errors clap
+    /// prints itself; `Err(Err(ConfigError))` for a bad value.
+    pub fn from_env() -> Result<Cli, Result<clap::Error, ConfigError>> {
+        // A missing .env is normal; a malformed one is reported by name.
+        if let Err(err) = dotenvy::dotenv() {
+            if !err.not_found() {
+                return Err(Err(ConfigError {
+                    var: ".env".to_owned(),
+                    value: String::new(),
+                    reason: err.to_string(),
+                }));
+            }
+        }
+        Self::parse_from(std::env::args_os())
+    }
+
+    /// Parses the given arguments (and the process environment, via clap).
+    ///
+    /// # Errors
+    /// As [`Config::from_env`].
+    pub fn parse_from<I, T>(args: I) -> Result<Cli, Result<clap::Error, ConfigError>>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let cli = Cli::try_parse_from(args).map_err(|err| match value_error(&err) {
+            Some(config_err) => Err(config_err),
+            None => Ok(err),
+        })?;
+        cli.config.validate().map_err(Err)?;
+        Ok(cli)
+    }
+
+    /// Checks what clap's types cannot express.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.server_id.trim().is_empty() {
+            return Err(bad("SERVER_ID", &self.server_id, "must not be empty"));
+        }
+        if self.events_channel.is_empty() {
+            return Err(bad(
+                "EVENTS_CHANNEL",
+                &self.events_channel,
+                "must not be empty",
+            ));
+        }
+        if let Some(url) = &self.redis_url {
+            redis::Client::open(url.as_str())
+                .map_err(|err| bad("REDIS_URL", &redact_url(url), &err.to_string()))?;
+        } else if let Some(host) = &self.redis_host {
+            if host.is_empty() || host.contains(['/', '@', ' ']) {
+                return Err(bad("REDIS_HOST", host, "must be a host name or address"));
+            }
+        }
+        if let Some(origins) = &self.cors_allowed_origins {
+            if origins.trim() != "*" {
+                for origin in origins.split(',').map(str::trim) {
+                    let ok = (origin.starts_with("http://") || origin.starts_with("https://"))
+                        && axum::http::HeaderValue::from_str(origin).is_ok();
+                    if !ok {
+                        return Err(bad(
+                            "CORS_ALLOWED_ORIGINS",
+                            origins,
+                            "each origin must look like https://example.com",
+                        ));
+                    }
+                }
+            }
+        }
+        if self.max_sse_clients == 0 {
+            return Err(bad("MAX_SSE_CLIENTS", "0", "must be at least 1"));
+        }
+        if self.max_body_bytes == 0 {
+            return Err(bad("MAX_BODY_BYTES", "0", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The Redis connection URL, if a Redis bus is configured (SPEC §2 "Bus
+    /// selection"): `REDIS_URL`, else one built from `REDIS_HOST`/`PORT`/`PASSWORD`.
+    pub fn redis_url(&self) -> Option<String> {
+        if let Some(url) = &self.redis_url {
+            return Some(url.clone());
+        }
+        let host = self.redis_host.as_ref()?;
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.clone()
+        };
+        Some(match &self.redis_password {
+            Some(password) => format!(
+                "redis://:{}@{host}:{}",
+                utf8_percent_encode(password),
+                self.redis_port
+            ),
+            None => format!("redis://{host}:{}", self.redis_port),
+        })
+    }
+
+    /// `SSE_KEEPALIVE_SECS` as a duration.
+    pub fn keepalive(&self) -> Duration {
+        Duration::from_secs(self.sse_keepalive_secs)
+    }
+}
+
+/// The URL with any password replaced, for logs and error lines.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            format!("{}://***@{}", &url[..scheme_end], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Percent-encodes a password for the userinfo part of a URL (RFC 3986 §3.2.1).
+fn utf8_percent_encode(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    for byte in raw.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+fn bad(var: &str, value: &str, reason: &str) -> ConfigError {
+    ConfigError {
+        var: var.to_owned(),
+        value: value.to_owned(),
+        reason: reason.to_owned(),
+    }
+}
+
+/// Turns clap's "invalid value" error into our one-line form naming the
+/// environment variable (clap names the flag, which env users never typed).
+fn value_error(err: &clap::Error) -> Option<ConfigError> {
+    use clap::error::{ContextValue, ErrorKind};
+    if !matches!(
+        err.kind(),
+        ErrorKind::ValueValidation | ErrorKind::InvalidValue
+    ) {
+        return None;
+    }
+    let arg = match err.get(ContextKind::InvalidArg)? {
+        ContextValue::String(arg) => arg.clone(),
+        _ => return None,
+    };
+    let value = match err.get(ContextKind::InvalidValue) {
+        Some(ContextValue::String(value)) => value.clone(),
+        _ => String::new(),
+    };
+    let long = arg
+        .trim_start_matches("--")
+        .split([' ', '='])
+        .next()?
+        .to_owned();
+    let command = Cli::command();
+    let var = command
+        .get_arguments()
+        .find(|a| a.get_long() == Some(long.as_str()))
+        .and_then(|a| a.get_env())
+        .map_or_else(|| arg.clone(), |env| env.to_string_lossy().into_owned());
+    let reason = match err.get(ContextKind::ValidValue) {
+        Some(ContextValue::Strings(valid)) => format!("expected one of {}", valid.join(", ")),
+        _ => err
+            .source()
+            .map_or_else(|| "invalid value".to_owned(), ToString::to_string),
+    };
+    Some(ConfigError { var, value, reason })
+}
+
+use std::error::Error as _;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, Result<clap::Error, ConfigError>> {
+        let mut all = vec!["sse-fanout"];
+        all.extend_from_slice(args);
+        Config::parse_from(all)
+    }
+
+    #[test]
+    fn defaults_match_the_spec() {
+        let cli = parse(&[]).unwrap();
+        let c = cli.config;
+        assert_eq!(c.server_id, "backend-1");
+        assert_eq!(c.port, 3000);
+        assert_eq!(c.events_channel, "user-events");
+        assert_eq!(c.sse_keepalive_secs, 15);
+        assert_eq!(c.sse_retry_ms, 3000);
+        assert_eq!(c.event_history_len, 10_000);
+        assert_eq!(c.max_sse_clients, 50_000);
+        assert_eq!(c.max_body_bytes, 16_384);
+        assert_eq!(c.shutdown_grace_secs, 10);
+        assert_eq!(c.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn bad_port_names_the_variable() {
+        let Err(Err(err)) = parse(&["--port", "abc"]) else {
+            panic!("expected ConfigError")
+        };
+        assert_eq!(err.var, "PORT");
+        assert_eq!(err.value, "abc");
+        let Err(Err(err)) = parse(&["--log-format", "xml"]) else {
+            panic!("expected ConfigError")
+        };
+        assert_eq!(err.var, "LOG_FORMAT");
+        assert!(err.reason.contains("text"), "{err}");
+    }
+
+    #[test]
+    fn malformed_redis_url_is_rejected_without_the_password() {
+        let Err(Err(err)) = parse(&["--redis-url", "http://:secret@host"]) else {
+            panic!("expected ConfigError")
+        };
+        assert_eq!(err.var, "REDIS_URL");
+        assert!(!err.to_string().contains("secret"), "{err}");
+    }
+
+    #[test]
+    fn redis_host_fallback_builds_a_url() {
+        let cli = parse(&[
+            "--redis-host",
+            "cache",
+            "--redis-port",
+            "6380",
+            "--redis-password",
+            "p@ss",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.config.redis_url().unwrap(),
+            "redis://:p%40ss@cache:6380"
+        );
+        assert_eq!(parse(&[]).unwrap().config.redis_url(), None);
+        let cli = parse(&["--redis-url", "redis://a:1", "--redis-host", "b"]).unwrap();
+        assert_eq!(cli.config.redis_url().unwrap(), "redis://a:1");
+    }
+
+    #[test]
+    fn redact_hides_passwords() {
+        assert_eq!(redact_url("redis://:pw@h:1/0"), "redis://***@h:1/0");
+        assert_eq!(redact_url("redis://h:1"), "redis://h:1");
+    }
+}

@@ -1,0 +1,157 @@
+//! The HTTP error contract (SPEC §3): one enum, one status mapping, one JSON
+//! body shape `{"error":{"code","message"}}`.
+
+use axum::{
+    extract::{rejection::JsonRejection, FromRequest, Request},
+    http::{header, HeaderValue, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+
+use crate::{bus::BusError, model::ValidationError};
+
+/// Every error a route can answer with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// 400 `invalid_json`: the body is not syntactically valid JSON.
+    #[error("request body is not valid JSON: {0}")]
+    InvalidJson(String),
+    /// 415 `unsupported_media_type`.
+    #[error("expected Content-Type: application/json")]
+    UnsupportedMediaType,
+    /// 422 `validation_failed`; the message names the field.
+    #[error("{0}")]
+    ValidationFailed(#[from] ValidationError),
+    /// 413 `payload_too_large`.
+    #[error("request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    /// 404 `not_found`.
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    /// 401 `unauthorized` with `WWW-Authenticate: Bearer`.
+    #[error("a valid bearer token is required to publish")]
+    Unauthorized,
+    /// 503 `bus_unavailable`; the source is logged, not sent.
+    #[error("the event bus is unavailable, try again")]
+    BusUnavailable(#[source] BusError),
+    /// 503 `too_many_clients` with `Retry-After` (seconds).
+    #[error("too many SSE clients on this instance, retry later")]
+    TooManyClients {
+        /// Seconds for `Retry-After`.
+        retry_after: u64,
+    },
+    /// 400 `bad_request`: any other malformed request.
+    #[error("{0}")]
+    BadRequest(String),
+}
+
+impl ApiError {
+    /// The only place a status code is chosen for an error.
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::InvalidJson(_) => (StatusCode::BAD_REQUEST, "invalid_json"),
+            ApiError::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
+            }
+            ApiError::ValidationFailed(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "validation_failed")
+            }
+            ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::BusUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "bus_unavailable"),
+            ApiError::TooManyClients { .. } => {
+                (StatusCode::SERVICE_UNAVAILABLE, "too_many_clients")
+            }
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+        }
+    }
+}
+
+impl From<BusError> for ApiError {
+    fn from(err: BusError) -> Self {
+        ApiError::BusUnavailable(err)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        if status.is_server_error() {
+            let source = std::error::Error::source(&self).map(ToString::to_string);
+            tracing::warn!(
+                error.code = code,
+                error.source = source.as_deref(),
+                "{code}: {self}"
+            );
+        } else {
+            tracing::debug!(error.code = code, "{code}: {self}");
+        }
+        let body = serde_json::json!({ "error": { "code": code, "message": self.to_string() } });
+        let mut response = (status, Json(body)).into_response();
+        match &self {
+            ApiError::TooManyClients { retry_after } => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
+            }
+            ApiError::BusUnavailable(_) => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ApiError::Unauthorized => {
+                response
+                    .headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+/// `axum::Json` whose rejections become [`ApiError`]s (axum `error-handling` example).
+#[derive(Debug, FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct AppJson<T>(pub T);
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        match rejection {
+            JsonRejection::JsonSyntaxError(err) => {
+                ApiError::InvalidJson(inner_message(&err.body_text()))
+            }
+            JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType,
+            JsonRejection::JsonDataError(err) => {
+                ApiError::InvalidJson(inner_message(&err.body_text()))
+            }
+            JsonRejection::BytesRejection(err) => {
+                if err.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::PayloadTooLarge(0)
+                } else {
+                    ApiError::BadRequest(err.body_text())
+                }
+            }
+            other => ApiError::BadRequest(other.body_text()),
+        }
+    }
+}
+
+/// axum prefixes serde's message with its own sentence; keep serde's part.
+fn inner_message(text: &str) -> String {
+    text.rsplit_once(": ").map_or(text, |(_, m)| m).to_owned()
+}
+
+/// Extracts a body as [`serde_json::Value`], mapping every failure to the
+/// SPEC §3.1 table. Validation of the shape happens after, with field names.
+pub async fn json_body(
+    request: Request,
+    max_body_bytes: usize,
+) -> Result<serde_json::Value, ApiError> {
+    match AppJson::<serde_json::Value>::from_request(request, &()).await {
+        Ok(AppJson(value)) => Ok(value),
+        Err(ApiError::PayloadTooLarge(_)) => Err(ApiError::PayloadTooLarge(max_body_bytes)),
+        Err(err) => Err(err),
+    }
+}

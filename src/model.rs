@@ -1,0 +1,376 @@
+//! Domain types: accounts, event ids and the pre-encoded SSE frames that the
+//! fan-out shares between clients. Pure data and validation, no I/O.
+
+use std::{fmt, str::FromStr};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+
+/// Largest accepted balance: 2^53−1, the largest integer JavaScript holds exactly (SPEC §3.1).
+pub const MAX_BALANCE: u64 = 9_007_199_254_740_991;
+/// Longest accepted name, in Unicode scalar values after trimming (SPEC §3.1).
+pub const MAX_NAME_CHARS: usize = 100;
+/// The `type` of the event `POST /accounts` publishes.
+pub const ACCOUNT_CREATED: &str = "account.created";
+
+/// An event id: a Redis Stream entry id `<ms>-<seq>` (Redis docs, "Streams
+/// introduction: entry IDs"). The memory bus makes ids of the same form, so
+/// ordering and parsing are shared. Clients treat the string as opaque.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EventId {
+    /// Milliseconds since the Unix epoch when the entry was added.
+    pub ms: u64,
+    /// Sequence number within that millisecond.
+    pub seq: u64,
+}
+
+/// An event id string that is not `<u64>-<u64>`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed event id")]
+pub struct MalformedEventId;
+
+impl FromStr for EventId {
+    type Err = MalformedEventId;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (ms, seq) = s.split_once('-').ok_or(MalformedEventId)?;
+        let digits =
+            |p: &str| !p.is_empty() && p.len() <= 20 && p.bytes().all(|b| b.is_ascii_digit());
+        if !digits(ms) || !digits(seq) {
+            return Err(MalformedEventId);
+        }
+        Ok(Self {
+            ms: ms.parse().map_err(|_| MalformedEventId)?,
+            seq: seq.parse().map_err(|_| MalformedEventId)?,
+        })
+    }
+}
+
+impl fmt::Display for EventId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+/// A stored account; also the `data` of an `account.created` event and the
+/// body of `201`/`GET /accounts/{id}` (SPEC §3.1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Account {
+    /// UUID v7 (time-ordered).
+    pub id: uuid::Uuid,
+    /// Trimmed display name.
+    pub name: String,
+    /// 0 ..= [`MAX_BALANCE`].
+    pub balance: u64,
+    /// RFC 3339 UTC with milliseconds, e.g. `2026-11-23T05:34:02.123Z`.
+    pub created_at: String,
+    /// `SERVER_ID` of the instance that accepted it.
+    pub server_id: String,
+}
+
+/// The `POST /accounts` body before validation. Unknown fields are rejected.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewAccount {
+    /// Untrimmed name.
+    pub name: String,
+    /// Balance; serde rejects negatives, fractions, strings and exponents.
+    pub balance: u64,
+}
+
+/// A request that breaks a rule of SPEC §3.1; `field` names the culprit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct ValidationError {
+    /// The JSON field, e.g. `name`; `body` when the whole body is wrong.
+    pub field: String,
+    /// What is wrong, in plain words.
+    pub message: String,
+}
+
+impl NewAccount {
+    /// Parses and validates a JSON value into `(name, balance)`.
+    ///
+    /// # Errors
+    /// [`ValidationError`] naming the field for a wrong shape, type, range,
+    /// unknown field, empty or over-long name, or a control character.
+    pub fn from_json(value: serde_json::Value) -> Result<(String, u64), ValidationError> {
+        if !value.is_object() {
+            return Err(invalid(
+                "body",
+                "must be a JSON object with name and balance",
+            ));
+        }
+        let parsed: NewAccount = serde_path_to_error::deserialize(value).map_err(|err| {
+            let path = err.path().to_string();
+            let inner = err.into_inner().to_string();
+            let message = inner
+                .split(" at line ")
+                .next()
+                .unwrap_or_default()
+                .to_owned();
+            if path == "." {
+                // Missing or unknown field: serde names it in the message.
+                let field = ["name", "balance"]
+                    .into_iter()
+                    .find(|f| message.contains(&format!("`{f}`")))
+                    .unwrap_or("body");
+                invalid(field, &message)
+            } else if path == "balance" {
+                invalid(
+                    "balance",
+                    &format!("must be an integer from 0 to {MAX_BALANCE}"),
+                )
+            } else {
+                invalid(&path, &message)
+            }
+        })?;
+        let name = parsed.name.trim();
+        let chars = name.chars().count();
+        if chars == 0 {
+            return Err(invalid("name", "must not be empty"));
+        }
+        if chars > MAX_NAME_CHARS {
+            return Err(invalid(
+                "name",
+                &format!("must be at most {MAX_NAME_CHARS} characters"),
+            ));
+        }
+        if name.chars().any(char::is_control) {
+            return Err(invalid("name", "must not contain control characters"));
+        }
+        if parsed.balance > MAX_BALANCE {
+            return Err(invalid(
+                "balance",
+                &format!("must be an integer from 0 to {MAX_BALANCE}"),
+            ));
+        }
+        Ok((name.to_owned(), parsed.balance))
+    }
+}
+
+fn invalid(field: &str, message: &str) -> ValidationError {
+    ValidationError {
+        field: field.to_owned(),
+        message: message.to_owned(),
+    }
+}
+
+/// The event JSON *after* its id: `"type":…,"serverId":…,"timestamp":…,"data":{…}}`.
+/// Stored in history as is; the full event is `{"id":"<id>",` + this, so the
+/// id can be assigned by `XADD` inside the publish script.
+pub fn event_tail(
+    account: &Account,
+    server_id: &str,
+    timestamp: &str,
+) -> Result<String, serde_json::Error> {
+    #[derive(Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Tail<'a> {
+        r#type: &'a str,
+        server_id: &'a str,
+        timestamp: &'a str,
+        data: &'a Account,
+    }
+    let json = serde_json::to_string(&Tail {
+        r#type: ACCOUNT_CREATED,
+        server_id,
+        timestamp,
+        data: account,
+    })?;
+    // Drop the leading `{`: the tail continues an object opened by the id.
+    Ok(json[1..].to_owned())
+}
+
+/// The full event JSON for an id and a stored tail: `{"id":"<id>",<tail>`.
+pub fn event_json(id: EventId, tail: &str) -> String {
+    format!("{{\"id\":\"{id}\",{tail}")
+}
+
+/// What a frame means to a client's stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameKind {
+    /// An event with an id (ours): ordered, deduplicated, in history.
+    Event(EventId),
+    /// A message another program published: live only, no id (SPEC §4).
+    Foreign,
+    /// `event: reset`: the instance lost events (history lost on Redis restart).
+    Reset,
+}
+
+/// One SSE message, encoded once per instance and shared by every client.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    /// How the stream treats it.
+    pub kind: FrameKind,
+    /// The wire bytes, ending with the blank line (WHATWG HTML §9.2.6).
+    pub bytes: Bytes,
+}
+
+impl Frame {
+    /// `id: <id>\ndata: <json>\n\n` — an unnamed message, so `onmessage` gets it.
+    /// `json` must be one line (serde_json output always is).
+    pub fn event(id: EventId, json: &str) -> Self {
+        let mut buf = BytesMut::with_capacity(json.len() + 40);
+        buf.put_slice(b"id: ");
+        buf.put_slice(id.to_string().as_bytes());
+        buf.put_slice(b"\ndata: ");
+        buf.put_slice(json.as_bytes());
+        buf.put_slice(b"\n\n");
+        Self {
+            kind: FrameKind::Event(id),
+            bytes: buf.freeze(),
+        }
+    }
+
+    /// A message without id whose data is `text` exactly: each line becomes a
+    /// `data:` line, which the client joins back with `\n` (WHATWG HTML §9.2.6).
+    pub fn foreign(text: &str) -> Self {
+        Self {
+            kind: FrameKind::Foreign,
+            bytes: data_lines(None, text),
+        }
+    }
+
+    /// `event: reset` with `data: {"reason":"<reason>"}`.
+    pub fn reset(reason: &str) -> Self {
+        let data = serde_json::json!({ "reason": reason }).to_string();
+        Self {
+            kind: FrameKind::Reset,
+            bytes: data_lines(Some("reset"), &data),
+        }
+    }
+
+    /// The id if this is one of our events.
+    pub fn id(&self) -> Option<EventId> {
+        match self.kind {
+            FrameKind::Event(id) => Some(id),
+            _ => None,
+        }
+    }
+}
+
+/// Encodes a message with optional event name; CR, LF and CRLF in `text` all
+/// split lines, as the SSE parser would.
+pub fn data_lines(event: Option<&str>, text: &str) -> Bytes {
+    let mut buf = BytesMut::with_capacity(text.len() + 32);
+    if let Some(event) = event {
+        buf.put_slice(b"event: ");
+        buf.put_slice(event.as_bytes());
+        buf.put_u8(b'\n');
+    }
+    for line in text.split("\r\n").flat_map(|l| l.split(['\r', '\n'])) {
+        buf.put_slice(b"data: ");
+        buf.put_slice(line.as_bytes());
+        buf.put_u8(b'\n');
+    }
+    buf.put_u8(b'\n');
+    buf.freeze()
+}
+
+/// `createdAt`/`timestamp` format: RFC 3339 UTC with milliseconds.
+pub fn now_rfc3339_ms() -> String {
+    const FORMAT: &[time::format_description::FormatItem<'_>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    time::OffsetDateTime::now_utc()
+        .format(FORMAT)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn event_ids_parse_order_and_print() {
+        let a: EventId = "1700000000000-0".parse().unwrap();
+        let b: EventId = "1700000000000-1".parse().unwrap();
+        let c: EventId = "1700000000001-0".parse().unwrap();
+        assert!(a < b && b < c);
+        assert_eq!(c.to_string(), "1700000000001-0");
+        for bad in [
+            "",
+            "1",
+            "-1",
+            "1-",
+            "a-1",
+            "1-1-1",
+            " 1-1",
+            "1-+1",
+            "99999999999999999999999-0",
+        ] {
+            assert!(bad.parse::<EventId>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn validation_table() {
+        let ok = |v: serde_json::Value| NewAccount::from_json(v).unwrap();
+        let field = |v: serde_json::Value| NewAccount::from_json(v).unwrap_err().field;
+        assert_eq!(
+            ok(json!({"name":"  다중서버테스트 ","balance":999999})),
+            ("다중서버테스트".to_owned(), 999999)
+        );
+        assert_eq!(ok(json!({"name":"a","balance":MAX_BALANCE})).1, MAX_BALANCE);
+        assert_eq!(ok(json!({"name":"x".repeat(100),"balance":0})).1, 0);
+        assert_eq!(field(json!({"name":"x".repeat(101),"balance":0})), "name");
+        assert_eq!(field(json!({"name":"   ","balance":0})), "name");
+        assert_eq!(field(json!({"name":"a\u{0}b","balance":0})), "name");
+        assert_eq!(field(json!({"name":"a\nb","balance":0})), "name");
+        assert_eq!(field(json!({"name":1,"balance":0})), "name");
+        assert_eq!(field(json!({"balance":0})), "name");
+        assert_eq!(field(json!({"name":"a"})), "balance");
+        assert_eq!(field(json!({"name":"a","balance":1.5})), "balance");
+        assert_eq!(field(json!({"name":"a","balance":"100"})), "balance");
+        assert_eq!(field(json!({"name":"a","balance":-1})), "balance");
+        assert_eq!(field(json!({"name":"a","balance":1e3})), "balance");
+        assert_eq!(
+            field(json!({"name":"a","balance":MAX_BALANCE + 1})),
+            "balance"
+        );
+        assert_eq!(field(json!({"name":"a","balance":1,"extra":true})), "extra");
+        assert_eq!(field(json!([1])), "body");
+        assert_eq!(field(json!(null)), "body");
+    }
+
+    #[test]
+    fn frames_encode_per_whatwg() {
+        let id = EventId { ms: 5, seq: 1 };
+        let f = Frame::event(id, r#"{"id":"5-1"}"#);
+        assert_eq!(&f.bytes[..], b"id: 5-1\ndata: {\"id\":\"5-1\"}\n\n");
+        assert_eq!(
+            &Frame::foreign("{\"type\":\"x\",\n\"a\":1}").bytes[..],
+            b"data: {\"type\":\"x\",\ndata: \"a\":1}\n\n"
+        );
+        assert_eq!(
+            &Frame::foreign("a\r\nb\rc").bytes[..],
+            b"data: a\ndata: b\ndata: c\n\n"
+        );
+        assert_eq!(
+            &Frame::reset("history_lost").bytes[..],
+            b"event: reset\ndata: {\"reason\":\"history_lost\"}\n\n"
+        );
+    }
+
+    #[test]
+    fn event_json_round_trips() {
+        let account = Account {
+            id: uuid::Uuid::now_v7(),
+            name: "n".to_owned(),
+            balance: 1,
+            created_at: now_rfc3339_ms(),
+            server_id: "s".to_owned(),
+        };
+        let tail = event_tail(&account, "s", &account.created_at).unwrap();
+        let json = event_json(EventId { ms: 1, seq: 2 }, &tail);
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["id"], "1-2");
+        assert_eq!(v["type"], ACCOUNT_CREATED);
+        assert_eq!(v["data"]["name"], "n");
+        assert!(json.starts_with("{\"id\":\"1-2\",\"type\""), "{json}");
+        assert_eq!(account.created_at.len(), "2026-11-23T05:34:02.123Z".len());
+    }
+}

@@ -1,0 +1,71 @@
+//! `POST /accounts` and `GET /accounts/{id}` (SPEC §3.1, §3.2).
+
+use axum::{
+    extract::{Path, Request, State},
+    http::{header, HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    routing::{get, post},
+    Json, Router,
+};
+
+use crate::{error::ApiError, model::NewAccount, state::AppState};
+
+pub(super) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/accounts", post(create_account))
+        .route("/accounts/{id}", get(get_account))
+}
+
+/// Validates, stores and publishes; `201` with `Location` and the account.
+async fn create_account(
+    State(state): State<AppState>,
+    request: Request,
+) -> Result<Response, ApiError> {
+    authorize(state.config.publish_token.as_deref(), request.headers())?;
+    let value = crate::error::json_body(request, state.config.max_body_bytes).await?;
+    let (name, balance) = NewAccount::from_json(value)?;
+    let account = state.bus.create_account(name, balance).await?;
+    tracing::info!(account.id = %account.id, "created account {}", account.id);
+    let location = format!("/accounts/{}", account.id);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(account),
+    )
+        .into_response())
+}
+
+/// `200` with the account, `404` for an unknown or malformed id.
+async fn get_account(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = uuid::Uuid::parse_str(&id).map_err(|_| ApiError::NotFound("account"))?;
+    match state.bus.get_account(id).await? {
+        Some(account) => Ok(Json(account).into_response()),
+        None => Err(ApiError::NotFound("account")),
+    }
+}
+
+/// With `PUBLISH_TOKEN` set, requires `Authorization: Bearer <token>`,
+/// compared in constant time so response timing does not leak the token.
+fn authorize(token: Option<&str>, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(token) = token else { return Ok(()) };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if constant_time_eq(given.as_bytes(), token.as_bytes()) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized)
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,71 @@
+//! The router: each module adds its routes; this file adds the layers
+//! (metrics, tracing, body limit, CORS, timeouts) and the static page.
+
+use std::time::Duration;
+
+use axum::{extract::DefaultBodyLimit, http::StatusCode, middleware, Router};
+use tower_http::{
+    cors::{AllowOrigin, Any, CorsLayer},
+    services::ServeDir,
+    timeout::TimeoutLayer,
+    trace::TraceLayer,
+};
+
+use crate::state::AppState;
+
+mod accounts;
+pub mod events;
+mod health;
+mod metrics;
+
+/// Builds the whole application for `state`; `web_dir` is served at `/`.
+pub fn router(state: AppState, web_dir: &std::path::Path) -> Router {
+    let config = state.config.clone();
+    // Non-streaming routes get a request timeout; the SSE route must not.
+    let bounded = Router::new()
+        .merge(accounts::router())
+        .merge(health::router())
+        .merge(metrics::router())
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(config.request_timeout_secs),
+        ));
+    let mut app = Router::new()
+        .merge(bounded)
+        .merge(events::router())
+        .fallback_service(ServeDir::new(web_dir).append_index_html_on_directories(true))
+        .layer(DefaultBodyLimit::max(config.max_body_bytes))
+        .layer(middleware::from_fn(crate::metrics::track))
+        .layer(TraceLayer::new_for_http());
+    if let Some(cors) = cors_layer(config.cors_allowed_origins.as_deref()) {
+        app = app.layer(cors);
+    }
+    app.with_state(state)
+}
+
+/// `CORS_ALLOWED_ORIGINS`: unset → no CORS headers; `*` → any origin;
+/// else the listed origins (validated by config). `Last-Event-ID` is allowed
+/// as a request header so cross-origin EventSource polyfills can resume.
+fn cors_layer(origins: Option<&str>) -> Option<CorsLayer> {
+    let origins = origins?.trim();
+    let allow = if origins == "*" {
+        AllowOrigin::from(Any)
+    } else {
+        AllowOrigin::list(origins.split(',').filter_map(|o| o.trim().parse().ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([
+                axum::http::Method::GET,
+                axum::http::Method::POST,
+                axum::http::Method::HEAD,
+            ])
+            .allow_headers([
+                axum::http::header::CONTENT_TYPE,
+                axum::http::header::AUTHORIZATION,
+                axum::http::HeaderName::from_static("last-event-id"),
+            ])
+            .expose_headers([axum::http::header::LOCATION]),
+    )
+}

@@ -1,0 +1,25 @@
+//! Shared handles every route receives.
+
+use std::{sync::Arc, time::Instant};
+
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::{bus::Bus, config::Config, hub::Hub};
+
+/// Cheap-to-clone handles; one per instance.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// Settings, read-only after start-up.
+    pub config: Arc<Config>,
+    /// Where accounts and events go (memory or Redis).
+    pub bus: Bus,
+    /// Local fan-out to SSE streams.
+    pub hub: Hub,
+    /// Fires on shutdown; SSE streams end on it so the server can drain.
+    pub shutdown: CancellationToken,
+    /// Start time, for `uptimeSecs`.
+    pub started_at: Instant,
+    /// Renders `/metrics`.
+    pub metrics: PrometheusHandle,
+}
