@@ -1,0 +1,3 @@
+//! Integration tests: one binary, real redis-server, real binary, real nginx.
+
+mod deploy;
