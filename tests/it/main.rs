@@ -1,3 +1,6 @@
-//! Integration tests: one binary, real redis-server, real binary, real nginx.
+//! Integration tests: one binary, real redis-server, the real binary, real nginx.
+
+mod support;
 
 mod deploy;
+mod smoke;
