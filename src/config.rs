@@ -156,8 +156,9 @@ impl Config {
     /// `Err(Ok(clap_error))` for `--help`/`--version` and usage errors clap
     /// prints itself; `Err(Err(ConfigError))` for a bad value.
     pub fn from_env() -> Result<Cli, Result<clap::Error, ConfigError>> {
-        // A missing .env is normal; a malformed one is reported by name.
-        if let Err(err) = dotenvy::dotenv() {
+        // Only the working directory's `.env` (dotenvy's `dotenv()` would also
+        // search parent directories). Missing is normal; malformed is reported.
+        if let Err(err) = dotenvy::from_path(".env") {
             if !err.not_found() {
                 return Err(Err(ConfigError {
                     var: ".env".to_owned(),
