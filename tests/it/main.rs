@@ -4,3 +4,4 @@ mod support;
 
 mod deploy;
 mod smoke;
+mod tls;
