@@ -5,4 +5,5 @@ mod support;
 mod accounts;
 mod deploy;
 mod events;
+mod outage;
 mod smoke;
