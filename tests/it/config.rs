@@ -251,3 +251,38 @@ async fn json_log_format_writes_one_json_object_per_line() {
         "{listening}"
     );
 }
+
+/// The seed-compatible `REDIS_HOST`/`REDIS_PORT` select the Redis bus when
+/// `REDIS_URL` is unset; `REDIS_URL` wins when both are set.
+#[tokio::test]
+async fn redis_host_and_port_select_the_redis_bus_unless_redis_url_is_set() {
+    let redis = crate::support::TestRedis::start();
+    let dir = tempfile::tempdir().unwrap();
+    let port = redis.port().to_string();
+    let url = redis.url();
+    for env in [
+        vec![("REDIS_HOST", "127.0.0.1"), ("REDIS_PORT", port.as_str())],
+        // A REDIS_HOST that cannot resolve is ignored when REDIS_URL is set.
+        vec![
+            ("REDIS_URL", url.as_str()),
+            ("REDIS_HOST", "no-such-host.invalid"),
+        ],
+    ] {
+        let mut command = binary(dir.path());
+        command
+            .env("PORT", "0")
+            .env("HOST", "127.0.0.1")
+            .envs(env.iter().copied());
+        let mut server = Started::spawn(command);
+        let base = format!("http://{}", server.listening().await);
+        crate::support::app::wait_healthy(&base).await;
+        let health: Value = reqwest::get(format!("{base}/health"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(health["bus"], "redis", "{env:?}: {health}");
+        assert_eq!(health["redis"], "up", "{env:?}: {health}");
+    }
+}

@@ -216,7 +216,16 @@ async fn keepalive_comments_follow_one_second_of_silence() {
         third - second
     );
 
-    // Right after a keep-alive (the timer just restarted), post an event.
+    // Post an event in the middle of an interval: after 0.6 s of silence
+    // following a keep-alive. If the timer did not restart on the event, the
+    // next keep-alive would come about 0.4 s after it. (On a slow machine a
+    // keep-alive may land inside the 0.6 s window; then try the next one.)
+    let mut tries = 0;
+    while let Some(frame) = client.next_frame(Duration::from_millis(600)).await {
+        assert_eq!(frame.comment.as_deref(), Some("keep-alive"), "{frame:?}");
+        tries += 1;
+        assert!(tries < 5, "never 0.6 s of silence after a keep-alive");
+    }
     let http = reqwest::Client::new();
     let (status, account) = post_account(&http, &app.base(), "tick", 1).await;
     assert_eq!(status, 201);
@@ -257,6 +266,15 @@ async fn memory_bus_end_to_end_with_resume() {
     assert_eq!(health["bus"], "memory", "{health}");
     assert_eq!(health["serverId"], "solo", "{health}");
     assert!(health.get("redis").is_none(), "no redis field: {health}");
+    assert_eq!(health["sseClients"], 0, "{health}");
+    for path in ["/health", "/health/live"] {
+        let head = http
+            .head(format!("{}{path}", app.base()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(head.status(), 200, "HEAD {path}");
+    }
 
     let sse = format!("{}/events/sse", app.base());
     let (mut client, server) = SseClient::open(&sse, None).await;
@@ -289,6 +307,15 @@ async fn memory_bus_end_to_end_with_resume() {
 
     // Resume after the first event: exactly the second and third, then live.
     let (mut resumed, _) = SseClient::open(&sse, Some(&ids[0])).await;
+    let health: Value = http
+        .get(format!("{}/health", app.base()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["sseClients"], 2, "{health}");
     let replay = resumed.messages(2, Duration::from_secs(5)).await;
     assert_eq!(checked_ids("resumed", &replay), ids[1..]);
     assert_eq!(resumed.next_frame(Duration::from_millis(300)).await, None);
