@@ -2,6 +2,10 @@
 
 mod support;
 
+mod accounts;
+mod config;
 mod deploy;
+mod events;
+mod outage;
 mod smoke;
 mod tls;

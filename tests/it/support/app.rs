@@ -29,6 +29,7 @@ pub struct TestApp {
     pub addr: SocketAddr,
     /// Cancels the instance (graceful shutdown).
     pub token: CancellationToken,
+    uses_redis: bool,
     join: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
@@ -37,6 +38,17 @@ impl TestApp {
     /// `web/`; e.g. `&["--server-id", "backend-2", "--redis-url", &redis.url()]`.
     /// With a Redis URL it waits until `/health` is 200 (subscribed).
     pub async fn spawn(args: &[&str]) -> Self {
+        let app = Self::spawn_unready(args).await;
+        if app.uses_redis {
+            app.wait_healthy().await;
+        }
+        app
+    }
+
+    /// Like [`spawn`](Self::spawn) but returns as soon as the instance is
+    /// listening, without waiting for `/health`: for a Redis that is down at
+    /// start-up.
+    pub async fn spawn_unready(args: &[&str]) -> Self {
         super::init_tracing();
         let web = web_dir();
         let mut all = vec![
@@ -52,20 +64,17 @@ impl TestApp {
         let config = Config::parse_from(all)
             .unwrap_or_else(|err| panic!("bad test config: {err:?}"))
             .config;
-        let ready = config.redis_url().is_some();
+        let uses_redis = config.redis_url().is_some();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let token = CancellationToken::new();
         let join = tokio::spawn(sse_fanout::run(config, listener, token.clone()));
-        let app = Self {
+        Self {
             addr,
             token,
+            uses_redis,
             join: Some(join),
-        };
-        if ready {
-            app.wait_healthy().await;
         }
-        app
     }
 
     /// `http://127.0.0.1:<port>`.

@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod redis;
+pub mod redis_inspect;
 pub mod sse;
 
 use std::{future::Future, time::Duration};
