@@ -3,5 +3,7 @@
 mod support;
 
 mod deploy;
+mod metrics;
 mod nginx;
+mod shutdown;
 mod smoke;
