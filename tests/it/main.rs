@@ -2,7 +2,9 @@
 
 mod support;
 
+mod container;
 mod deploy;
+mod logs;
 mod metrics;
 mod nginx;
 mod shutdown;
