@@ -5,9 +5,10 @@
 //! - an event POSTed through nginx reaches an SSE client connected through nginx within
 //!   500 ms: nginx does not buffer the stream;
 //! - an idle stream through nginx stays open across several keep-alive comments;
-//! - SIGKILL of the backend a client is on ends its stream; the client reconnects through
-//!   nginx with `Last-Event-ID`, lands on the other backend and resumes: every event that
-//!   got a `201` arrives exactly once and in order, with no `reset`.
+//! - SIGKILL (crash) or SIGTERM (redeploy; the stream then ends within 2 s) of the
+//!   backend a client is on ends its stream; the client reconnects through nginx with
+//!   `Last-Event-ID`, lands on the other backend and resumes: every event that got a
+//!   `201` arrives exactly once and in order, with no `reset`.
 
 use std::{
     net::SocketAddr,
@@ -237,11 +238,25 @@ async fn idle_stream_through_nginx_stays_open_across_keep_alives() {
     assert!(!client.ended());
 }
 
-/// SIGKILL of the client's backend: the stream ends, the client reconnects through nginx
-/// with its `Last-Event-ID` (as EventSource does), lands on the other backend and gets
-/// every `201` event exactly once and in order, including those posted during the kill.
+/// SIGKILL (crash) of the client's backend: the stream ends, the client reconnects
+/// through nginx with its `Last-Event-ID` (as EventSource does), lands on the other
+/// backend and gets every `201` event exactly once and in order, including those posted
+/// during the kill.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_fails_over_through_nginx_and_resumes_without_loss() {
+async fn client_fails_over_through_nginx_after_sigkill_without_loss() {
+    fails_over("KILL").await;
+}
+
+/// SIGTERM (redeploy) of the client's backend: the same, and the stream ends within
+/// 2 s through nginx while the backend drains and exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_fails_over_through_nginx_after_sigterm_without_loss() {
+    fails_over("TERM").await;
+}
+
+/// Two backends behind nginx, a client on one of them, POSTs through nginx before,
+/// during and after `signal` hits that backend; the client resumes on the other one.
+async fn fails_over(signal: &str) {
     let mut stack = Stack::start(&[]).await;
     let base = stack.nginx.base();
     let http = reqwest::Client::new();
@@ -285,10 +300,10 @@ async fn client_fails_over_through_nginx_and_resumes_without_loss() {
             .map(ids),
     );
     let victim = stack.backend(&first_server);
-    victim.signal("KILL");
-    victim.wait_exit(Duration::from_secs(5)).await;
+    victim.signal(signal);
+    let signalled = Instant::now();
 
-    // The first stream carries whatever reached the victim before it died, then ends.
+    // The first stream carries whatever reached the victim before it stopped, then ends.
     loop {
         match client.next_frame(Duration::from_secs(10)).await {
             Some(frame) if frame.is_message() => received.push(ids(&frame)),
@@ -296,10 +311,19 @@ async fn client_fails_over_through_nginx_and_resumes_without_loss() {
             None => break,
         }
     }
+    let ended_after = signalled.elapsed();
     assert!(
         client.ended(),
-        "the stream did not end within 10 s of SIGKILL of {first_server}"
+        "the stream did not end within 10 s of SIG{signal} of {first_server}"
     );
+    let exit = victim.wait_exit(Duration::from_secs(15)).await;
+    if signal == "TERM" {
+        assert!(exit.success(), "{first_server} after SIGTERM: {exit}");
+        assert!(
+            ended_after < Duration::from_secs(2),
+            "stream through nginx ended {ended_after:?} after SIGTERM"
+        );
+    }
 
     let before_reconnect = received.len();
     // EventSource reconnects with the last id it saw.
@@ -341,7 +365,7 @@ async fn client_fails_over_through_nginx_and_resumes_without_loss() {
     }
 
     eprintln!(
-        "failover: {before_reconnect} events on {first_server}, {} after resuming on \
+        "failover after SIG{signal}: {before_reconnect} events on {first_server}, {} after resuming on \
          {second_server}, {ambiguous} POSTs answered 502",
         received.len() - before_reconnect
     );
