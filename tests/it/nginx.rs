@@ -8,7 +8,9 @@
 //! - SIGKILL (crash) or SIGTERM (redeploy; the stream then ends within 2 s) of the
 //!   backend a client is on ends its stream; the client reconnects through nginx with
 //!   `Last-Event-ID`, lands on the other backend and resumes: every event that got a
-//!   `201` arrives exactly once and in order, with no `reset`.
+//!   `201` arrives exactly once and in order, with no `reset`;
+//! - `nginx -s reload` does not leave old workers holding streams: they close them within
+//!   `worker_shutdown_timeout` and the client resumes through the new workers.
 
 use std::{
     net::SocketAddr,
@@ -396,4 +398,42 @@ async fn fails_over(signal: &str) {
         extra.as_ref().is_none_or(|f| f.comment.is_some()),
         "{extra:?}"
     );
+}
+
+/// `nginx -s reload` (SIGHUP): the old workers close their SSE streams within
+/// `worker_shutdown_timeout` instead of lingering, and the client resumes through the
+/// new workers with `Last-Event-ID`, missing nothing posted meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_reload_ends_streams_promptly_and_clients_resume() {
+    let stack = Stack::start(&[]).await;
+    let base = stack.nginx.base();
+    let http = reqwest::Client::new();
+    let (mut client, _) = SseClient::open(&stack.sse_url(), None).await;
+    let (status, first) = post_account(&http, &base, "before reload", 1).await;
+    assert_eq!(status, 201);
+    let before = ids(client
+        .messages(1, Duration::from_secs(5))
+        .await
+        .last()
+        .unwrap());
+    assert_eq!(before.1, first["id"].as_str().unwrap());
+
+    let status = std::process::Command::new("kill")
+        .arg("-HUP")
+        .arg(stack.nginx.master.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // nginx.conf: worker_shutdown_timeout 5s; the margin covers a loaded machine.
+    assert!(
+        client.ends_within(Duration::from_secs(15)).await,
+        "SSE stream through nginx still open 15 s after reload:\n{}",
+        stack.nginx.error_log()
+    );
+    let (status, during) = post_account(&http, &base, "after reload", 2).await;
+    assert_eq!(status, 201);
+    let (mut client, _) = SseClient::open(&stack.sse_url(), Some(&before.0)).await;
+    let frames = client.messages(1, Duration::from_secs(5)).await;
+    assert_eq!(frames.len(), 1, "no reset, no duplicate: {frames:?}");
+    assert_eq!(ids(&frames[0]).1, during["id"].as_str().unwrap());
 }
