@@ -81,6 +81,12 @@ fn describe() {
     ] {
         metrics::counter!(name).absolute(0);
     }
+    // The HTTP series are labelled, so there is no unlabelled zero to show.
+    // Register the one label set every scrape produces (`GET /metrics` 200),
+    // so the very first scrape lists them too.
+    metrics::counter!(HTTP_REQUESTS, "method" => "GET", "route" => "/metrics", "status" => "200")
+        .absolute(0);
+    let _ = metrics::histogram!(HTTP_REQUEST_DURATION, "method" => "GET", "route" => "/metrics");
 }
 
 /// Middleware: counts every response and times it to the response head.

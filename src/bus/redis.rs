@@ -119,6 +119,11 @@ impl RedisBus {
         &self.inner.client
     }
 
+    /// `SERVER_ID` of this instance (for log fields).
+    pub fn server_id(&self) -> &str {
+        &self.inner.server_id
+    }
+
     pub(super) fn channel(&self) -> &str {
         &self.inner.channel
     }

@@ -49,12 +49,14 @@ pub(super) async fn run(bus: RedisBus, hub: Hub, shutdown: CancellationToken) {
                 if connected_before {
                     tracing::info!(
                         channel = bus.channel(),
+                        server.id = bus.server_id(),
                         "subscriber reconnected to {}",
                         bus.channel()
                     );
                 } else {
                     tracing::info!(
                         channel = bus.channel(),
+                        server.id = bus.server_id(),
                         "subscriber subscribed to {}",
                         bus.channel()
                     );
@@ -77,13 +79,14 @@ pub(super) async fn run(bus: RedisBus, hub: Hub, shutdown: CancellationToken) {
                 }
                 tracing::warn!(
                     channel = bus.channel(),
+                    server.id = bus.server_id(),
                     "subscriber lost its redis connection; reconnecting"
                 );
                 metrics::counter!(REDIS_RECONNECTS).increment(1);
             }
             Err(err) => {
                 bus.set_subscribed(false);
-                tracing::warn!(error = %err, backoff_ms = backoff.as_millis() as u64,
+                tracing::warn!(error = %err, server.id = bus.server_id(), backoff_ms = backoff.as_millis() as u64,
                     "subscriber cannot reach redis: {err}; retrying in {} ms", backoff.as_millis());
                 tokio::select! {
                     () = shutdown.cancelled() => break,
@@ -93,7 +96,7 @@ pub(super) async fn run(bus: RedisBus, hub: Hub, shutdown: CancellationToken) {
             }
         }
     }
-    tracing::debug!("subscriber stopped");
+    tracing::info!(server.id = bus.server_id(), "subscriber stopped");
 }
 
 /// Steps 1–3 of [`run`]; returns the subscribed connection.

@@ -3,13 +3,19 @@
 
 use std::time::Duration;
 
-use axum::{extract::DefaultBodyLimit, http::StatusCode, middleware, Router};
+use axum::{
+    extract::{DefaultBodyLimit, MatchedPath, Request},
+    http::StatusCode,
+    middleware, Router,
+};
 use tower_http::{
     cors::{AllowOrigin, Any, CorsLayer},
     services::ServeDir,
     timeout::TimeoutLayer,
-    trace::TraceLayer,
+    trace::{DefaultOnResponse, TraceLayer},
+    LatencyUnit,
 };
+use tracing::Level;
 
 use crate::state::AppState;
 
@@ -36,11 +42,44 @@ pub fn router(state: AppState, web_dir: &std::path::Path) -> Router {
         .fallback_service(ServeDir::new(web_dir).append_index_html_on_directories(true))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(middleware::from_fn(crate::metrics::track))
-        .layer(TraceLayer::new_for_http());
+        .layer(trace_layer(&config.server_id));
     if let Some(cors) = cors_layer(config.cors_allowed_origins.as_deref()) {
         app = app.layer(cors);
     }
     app.with_state(state)
+}
+
+/// One `request` span per request at `info` (method, route template, uri,
+/// `server.id`) and one `info` line when the response head is ready, with
+/// status and latency in µs. For an SSE stream that is when it opens.
+fn trace_layer(
+    server_id: &str,
+) -> TraceLayer<
+    tower_http::classify::SharedClassifier<tower_http::classify::ServerErrorsAsFailures>,
+    impl Fn(&Request) -> tracing::Span + Clone,
+    tower_http::trace::DefaultOnRequest,
+    DefaultOnResponse,
+> {
+    let server_id: std::sync::Arc<str> = server_id.into();
+    TraceLayer::new_for_http()
+        .make_span_with(move |request: &Request| {
+            let route = request
+                .extensions()
+                .get::<MatchedPath>()
+                .map_or("other", MatchedPath::as_str);
+            tracing::info_span!(
+                "request",
+                method = %request.method(),
+                route,
+                uri = %request.uri(),
+                server.id = %server_id,
+            )
+        })
+        .on_response(
+            DefaultOnResponse::new()
+                .level(Level::INFO)
+                .latency_unit(LatencyUnit::Micros),
+        )
 }
 
 /// `CORS_ALLOWED_ORIGINS`: unset → no CORS headers; `*` → any origin;

@@ -4,8 +4,13 @@ mod support;
 
 mod accounts;
 mod config;
+mod container;
 mod deploy;
 mod events;
+mod logs;
+mod metrics;
+mod nginx;
 mod outage;
+mod shutdown;
 mod smoke;
 mod tls;

@@ -160,7 +160,11 @@ impl ServerProcess {
                 if let Some(rest) = line.split("listening on http://").nth(1) {
                     if let (Some(tx), Ok(addr)) = (
                         addr_tx.take(),
-                        rest.split_whitespace().next().unwrap_or("").parse(),
+                        // Text logs end the address at a space, JSON logs at a quote.
+                        rest.split(|c: char| c.is_whitespace() || c == '"')
+                            .next()
+                            .unwrap_or("")
+                            .parse(),
                     ) {
                         let _ = tx.send(addr);
                     }

@@ -179,6 +179,11 @@ impl SseClient {
         }
     }
 
+    /// True once the response body has ended (EOF or a connection error).
+    pub fn ended(&self) -> bool {
+        self.eof
+    }
+
     fn parse_one(&mut self) -> Option<SseFrame> {
         loop {
             // A line ends at LF, CR or CRLF; a CR at the buffer's end waits for more.
