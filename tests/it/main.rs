@@ -3,6 +3,7 @@
 mod support;
 
 mod accounts;
+mod browser;
 mod config;
 mod container;
 mod deploy;

@@ -49,6 +49,23 @@ impl TestApp {
     /// listening, without waiting for `/health`: for a Redis that is down at
     /// start-up.
     pub async fn spawn_unready(args: &[&str]) -> Self {
+        Self::start("127.0.0.1:0".parse().unwrap(), args).await
+    }
+
+    /// Like [`spawn`](Self::spawn), but listening on `addr`: e.g. the address
+    /// of an instance that was just shut down, to restart it "in place" so
+    /// that clients reconnect to the same URL.
+    pub async fn spawn_on(addr: SocketAddr, args: &[&str]) -> Self {
+        let app = Self::start(addr, args).await;
+        if app.uses_redis {
+            app.wait_healthy().await;
+        }
+        app
+    }
+
+    /// Binds `addr` (retrying for up to 5 s while an old socket on that port
+    /// is being released) and runs the instance on it.
+    async fn start(addr: SocketAddr, args: &[&str]) -> Self {
         super::init_tracing();
         let web = web_dir();
         let mut all = vec![
@@ -65,7 +82,12 @@ impl TestApp {
             .unwrap_or_else(|err| panic!("bad test config: {err:?}"))
             .config;
         let uses_redis = config.redis_url().is_some();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = super::eventually(
+            Duration::from_secs(5),
+            &format!("{addr} to be free for a new listener"),
+            || async move { tokio::net::TcpListener::bind(addr).await.ok() },
+        )
+        .await;
         let addr = listener.local_addr().unwrap();
         let token = CancellationToken::new();
         let join = tokio::spawn(sse_fanout::run(config, listener, token.clone()));
