@@ -5,8 +5,11 @@
 //! within 3 s; an invalid balance shows the server's message beside the field
 //! and creates nothing; after instance 2 restarts on the same port, B shows
 //! "reconnecting", then resumes and shows the events posted meanwhile exactly
-//! once. Screenshots go to `target/browser-artifacts/`, including the
-//! side-by-side view used for `docs/screenshot.png`.
+//! once (after its own reconnect was refused while the instance was down). Also:
+//! labelled inputs, Enter submits, no sideways scrolling at phone width, no
+//! script or CSP errors in the console. Screenshots go to
+//! `target/browser-artifacts/`, including the side-by-side view that
+//! `docs/screenshot.png` was taken from.
 
 use std::time::{Duration, Instant};
 
