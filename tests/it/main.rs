@@ -3,4 +3,7 @@
 mod support;
 
 mod deploy;
+mod failover;
+mod resume;
+mod slow_clients;
 mod smoke;

@@ -2,6 +2,7 @@
 //! child processes, and an SSE client that parses frames per WHATWG HTML §9.2.
 
 pub mod app;
+pub mod delivery;
 pub mod redis;
 pub mod sse;
 
