@@ -215,7 +215,7 @@ async fn clients_of_a_killed_instance_resume_on_the_survivor() {
 
     let b_base = b.base();
     let publisher = tokio::spawn(async move {
-        post_many(&[b_base.clone()], "p", 100, 2).await;
+        post_many(std::slice::from_ref(&b_base), "p", 100, 2).await;
         post_many(&[b_base], "q", EVENTS - 100, 2).await;
     });
     // Kill once some events have gone out, while posting continues.
