@@ -189,8 +189,11 @@ impl RedisBus {
     }
 
     /// Up to `limit` events after `after` (`None`: from the oldest retained).
-    /// Both reads run in one `MULTI` so the existence check and the range see
-    /// the same stream (`XRANGE` with an exclusive `(` start needs Redis ≥ 6.2).
+    /// With `after`, one `XRANGE <after> + COUNT limit+1` both checks that
+    /// `after` is still retained (it must be the first entry; if history was
+    /// lost or trimmed it is not) and reads what follows, atomically. An
+    /// inclusive start also works for the largest possible id, where the
+    /// exclusive `(id` form is a Redis error.
     pub(super) async fn history_after(
         &self,
         after: Option<EventId>,
@@ -200,26 +203,21 @@ impl RedisBus {
         let key = &self.inner.history_key;
         let entries = match after {
             Some(after) => {
-                let id = after.to_string();
-                let (exact, entries): (Vec<StreamEntry>, Vec<StreamEntry>) = timed(
-                    redis::pipe()
-                        .atomic()
-                        .cmd("XRANGE")
+                let mut entries: Vec<StreamEntry> = timed(
+                    redis::cmd("XRANGE")
                         .arg(key)
-                        .arg(&id)
-                        .arg(&id)
-                        .cmd("XRANGE")
-                        .arg(key)
-                        .arg(format!("({id}"))
+                        .arg(after.to_string())
                         .arg("+")
                         .arg("COUNT")
-                        .arg(limit)
+                        .arg(limit.saturating_add(1))
                         .query_async(&mut conn),
                 )
                 .await?;
-                if exact.is_empty() {
+                let first = entries.first().map(|e| parse_id(&e.0)).transpose()?;
+                if first != Some(after) {
                     return Ok(History::Missing);
                 }
+                entries.remove(0);
                 entries
             }
             None => {

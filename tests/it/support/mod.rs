@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod browser;
+pub mod delivery;
 pub mod redis;
 pub mod redis_inspect;
 pub mod sse;

@@ -45,6 +45,9 @@ pub struct SseClient {
     pub headers: reqwest::header::HeaderMap,
     body: ByteStream,
     buf: Vec<u8>,
+    /// Bytes of `buf` already parsed; compacted before the next read, so a
+    /// large chunk costs one move instead of one per line.
+    start: usize,
     pending: SseFrame,
     has_fields: bool,
     eof: bool,
@@ -80,6 +83,27 @@ impl SseClient {
             headers: response.headers().clone(),
             body: Box::pin(response.bytes_stream()),
             buf: Vec::new(),
+            start: 0,
+            pending: SseFrame::default(),
+            has_fields: false,
+            eof: false,
+        }
+    }
+
+    /// A client over a body read some other way (e.g. a raw socket with a
+    /// small receive buffer, see `support::delivery::RawSse`): the stream
+    /// yields body bytes and ends at EOF.
+    pub fn from_body(
+        status: u16,
+        headers: reqwest::header::HeaderMap,
+        body: impl Stream<Item = Bytes> + Send + 'static,
+    ) -> Self {
+        Self {
+            status,
+            headers,
+            body: Box::pin(body.map(Ok)),
+            buf: Vec::new(),
+            start: 0,
             pending: SseFrame::default(),
             has_fields: false,
             eof: false,
@@ -122,6 +146,8 @@ impl SseClient {
             if self.eof {
                 return None;
             }
+            self.buf.drain(..self.start);
+            self.start = 0;
             match tokio::time::timeout_at(deadline, self.body.next()).await {
                 Err(_) => return None,
                 Ok(Some(Ok(bytes))) => self.buf.extend_from_slice(&bytes),
@@ -187,9 +213,10 @@ impl SseClient {
     fn parse_one(&mut self) -> Option<SseFrame> {
         loop {
             // A line ends at LF, CR or CRLF; a CR at the buffer's end waits for more.
-            let end = self.buf.iter().position(|&b| b == b'\n' || b == b'\r')?;
-            let skip = if self.buf[end] == b'\r' {
-                match self.buf.get(end + 1) {
+            let rest = &self.buf[self.start..];
+            let end = rest.iter().position(|&b| b == b'\n' || b == b'\r')?;
+            let skip = if rest[end] == b'\r' {
+                match rest.get(end + 1) {
                     Some(b'\n') => 2,
                     Some(_) => 1,
                     None if self.eof => 1,
@@ -198,8 +225,8 @@ impl SseClient {
             } else {
                 1
             };
-            let line = String::from_utf8_lossy(&self.buf[..end]).into_owned();
-            self.buf.drain(..end + skip);
+            let line = String::from_utf8_lossy(&rest[..end]).into_owned();
+            self.start += end + skip;
             if line.is_empty() {
                 if self.has_fields {
                     self.has_fields = false;
