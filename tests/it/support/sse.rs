@@ -156,21 +156,6 @@ impl SseClient {
         }
     }
 
-    /// The next frame that is not a comment; panics after `timeout`.
-    pub async fn next_non_comment(&mut self, timeout: Duration) -> SseFrame {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            let frame = self
-                .next_frame(left)
-                .await
-                .unwrap_or_else(|| panic!("no frame within {timeout:?}"));
-            if frame.comment.is_none() {
-                return frame;
-            }
-        }
-    }
-
     /// Reads until `n` messages (unnamed, with data) arrived, collecting
     /// every non-comment frame on the way; panics after `timeout` saying how
     /// many came.
