@@ -4,6 +4,7 @@
 use axum::{
     extract::{rejection::JsonRejection, FromRequest, Request},
     http::{header, HeaderValue, StatusCode},
+    middleware::Next,
     response::{IntoResponse, Response},
     Json,
 };
@@ -40,6 +41,12 @@ pub enum ApiError {
         /// Seconds for `Retry-After`.
         retry_after: u64,
     },
+    /// 405 `method_not_allowed`: the path exists, the method does not.
+    #[error("method not allowed for this path")]
+    MethodNotAllowed,
+    /// 408 `request_timeout`: the request took longer than `REQUEST_TIMEOUT_SECS`.
+    #[error("the request took too long")]
+    RequestTimeout,
     /// 400 `bad_request`: any other malformed request.
     #[error("{0}")]
     BadRequest(String),
@@ -63,9 +70,41 @@ impl ApiError {
             ApiError::TooManyClients { .. } => {
                 (StatusCode::SERVICE_UNAVAILABLE, "too_many_clients")
             }
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
         }
     }
+
+    /// The error behind a bodiless status that a layer (not a handler) chose:
+    /// axum's 405, the static files' 404, the timeout layer's 408.
+    fn from_layer_status(status: StatusCode) -> Option<Self> {
+        match status {
+            StatusCode::NOT_FOUND => Some(ApiError::NotFound("resource")),
+            StatusCode::METHOD_NOT_ALLOWED => Some(ApiError::MethodNotAllowed),
+            StatusCode::REQUEST_TIMEOUT => Some(ApiError::RequestTimeout),
+            _ => None,
+        }
+    }
+}
+
+/// Middleware: gives error responses made by layers (which have no
+/// `Content-Type`) the SPEC §3 JSON body, keeping their `Allow` header.
+/// Handler errors already are [`ApiError`]s and pass through untouched.
+pub async fn json_layer_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    if response.headers().contains_key(header::CONTENT_TYPE) {
+        return response;
+    }
+    let Some(error) = ApiError::from_layer_status(response.status()) else {
+        return response;
+    };
+    let allow = response.headers().get(header::ALLOW).cloned();
+    let mut json = error.into_response();
+    if let Some(allow) = allow {
+        json.headers_mut().insert(header::ALLOW, allow);
+    }
+    json
 }
 
 impl From<BusError> for ApiError {

@@ -34,6 +34,7 @@ pub fn router(state: AppState, web_dir: &std::path::Path) -> Router {
         .merge(bounded)
         .merge(events::router())
         .fallback_service(ServeDir::new(web_dir).append_index_html_on_directories(true))
+        .layer(middleware::from_fn(crate::error::json_layer_errors))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(middleware::from_fn(crate::metrics::track))
         .layer(TraceLayer::new_for_http());
