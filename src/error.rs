@@ -191,6 +191,22 @@ pub async fn json_body(
     match AppJson::<serde_json::Value>::from_request(request, &()).await {
         Ok(AppJson(value)) => Ok(value),
         Err(ApiError::PayloadTooLarge(_)) => Err(ApiError::PayloadTooLarge(max_body_bytes)),
+        // `"\ud800"` is valid JSON text (RFC 8259 §8.2) but no Unicode
+        // string: a value problem (422), not a syntax one (400).
+        Err(ApiError::InvalidJson(message)) if is_lone_surrogate(&message) => {
+            Err(ApiError::ValidationFailed(ValidationError {
+                field: "body".to_owned(),
+                message:
+                    "strings must be Unicode text: a \\u escape is an unpaired UTF-16 surrogate"
+                        .to_owned(),
+            }))
+        }
         Err(err) => Err(err),
     }
+}
+
+/// serde_json's messages for a `\u` escape that is an unpaired surrogate.
+fn is_lone_surrogate(message: &str) -> bool {
+    message.contains("lone leading surrogate in hex escape")
+        || message.contains("unexpected end of hex escape")
 }
