@@ -2,6 +2,7 @@
 
 mod support;
 
+mod abuse;
 mod deploy;
 mod limits;
 mod props;
