@@ -11,6 +11,23 @@ use axum::{
 
 use crate::{bus::BusError, model::ValidationError};
 
+/// The body of every error response (SPEC §3); also its OpenAPI schema.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// `code` for programs, `message` for people.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// snake_case, e.g. `validation_failed`.
+    #[schema(example = "validation_failed")]
+    pub code: String,
+    /// Human text; names the field for `validation_failed`.
+    pub message: String,
+}
+
 /// Every error a route can answer with.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -126,7 +143,12 @@ impl IntoResponse for ApiError {
         } else {
             tracing::debug!(error.code = code, "{code}: {self}");
         }
-        let body = serde_json::json!({ "error": { "code": code, "message": self.to_string() } });
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: code.to_owned(),
+                message: self.to_string(),
+            },
+        };
         let mut response = (status, Json(body)).into_response();
         match &self {
             ApiError::TooManyClients { retry_after } => {

@@ -54,28 +54,34 @@ impl fmt::Display for EventId {
 
 /// A stored account; also the `data` of an `account.created` event and the
 /// body of `201`/`GET /accounts/{id}` (SPEC §3.1).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Account {
     /// UUID v7 (time-ordered).
     pub id: uuid::Uuid,
     /// Trimmed display name.
+    #[schema(min_length = 1, max_length = 100, example = "다중서버테스트")]
     pub name: String,
     /// 0 ..= [`MAX_BALANCE`].
+    #[schema(minimum = 0, maximum = 9_007_199_254_740_991_u64)]
     pub balance: u64,
     /// RFC 3339 UTC with milliseconds, e.g. `2026-11-23T05:34:02.123Z`.
+    #[schema(format = DateTime, example = "2026-11-23T05:34:02.123Z")]
     pub created_at: String,
     /// `SERVER_ID` of the instance that accepted it.
     pub server_id: String,
 }
 
 /// The `POST /accounts` body before validation. Unknown fields are rejected.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewAccount {
-    /// Untrimmed name.
+    /// Untrimmed name: surrounding whitespace is trimmed, then 1 to 100
+    /// characters without control characters.
+    #[schema(example = "다중서버테스트")]
     pub name: String,
     /// Balance; serde rejects negatives, fractions, strings and exponents.
+    #[schema(minimum = 0, maximum = 9_007_199_254_740_991_u64)]
     pub balance: u64,
 }
 

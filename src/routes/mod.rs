@@ -17,6 +17,7 @@ mod accounts;
 pub mod events;
 mod health;
 mod metrics;
+pub mod openapi;
 
 /// Builds the whole application for `state`; `web_dir` is served at `/`.
 pub fn router(state: AppState, web_dir: &std::path::Path) -> Router {
@@ -26,6 +27,7 @@ pub fn router(state: AppState, web_dir: &std::path::Path) -> Router {
         .merge(accounts::router())
         .merge(health::router())
         .merge(metrics::router())
+        .merge(openapi::router())
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(config.request_timeout_secs),

@@ -5,5 +5,6 @@ mod support;
 mod abuse;
 mod deploy;
 mod limits;
+mod openapi;
 mod props;
 mod smoke;
