@@ -303,6 +303,20 @@ async fn cors_follows_the_allowed_origins_setting() {
         Some("http://localhost:8080")
     );
     assert_eq!(acao(&http, &health, "https://evil.example").await, None);
+    let vary = http
+        .get(&health)
+        .header("origin", origin)
+        .send()
+        .await
+        .unwrap();
+    let vary = vary
+        .headers()
+        .get_all("vary")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_ascii_lowercase())
+        .collect::<Vec<_>>()
+        .join(",");
+    assert!(vary.contains("origin"), "Vary: {vary}");
     assert_eq!(
         acao(&http, &health, "https://app.example.com.evil").await,
         None
@@ -407,9 +421,10 @@ async fn publish_token_guards_post_only() {
 
     let (status, _) = post_account(&http, &base, "no token", 1).await;
     assert_eq!(status, 401);
+    // The scheme is case-insensitive (RFC 9110 §11.1).
     let response = http
         .post(format!("{base}/accounts"))
-        .bearer_auth(token)
+        .header("authorization", format!("bearer {token}"))
         .json(&body)
         .send()
         .await
