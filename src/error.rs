@@ -4,11 +4,29 @@
 use axum::{
     extract::{rejection::JsonRejection, FromRequest, Request},
     http::{header, HeaderValue, StatusCode},
+    middleware::Next,
     response::{IntoResponse, Response},
     Json,
 };
 
 use crate::{bus::BusError, model::ValidationError};
+
+/// The body of every error response (SPEC §3); also its OpenAPI schema.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: ErrorDetail,
+}
+
+/// `code` for programs, `message` for people.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// snake_case, e.g. `validation_failed`.
+    #[schema(example = "validation_failed")]
+    pub code: String,
+    /// Human text; names the field for `validation_failed`.
+    pub message: String,
+}
 
 /// Every error a route can answer with.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +58,12 @@ pub enum ApiError {
         /// Seconds for `Retry-After`.
         retry_after: u64,
     },
+    /// 405 `method_not_allowed`: the path exists, the method does not.
+    #[error("method not allowed for this path")]
+    MethodNotAllowed,
+    /// 408 `request_timeout`: the request took longer than `REQUEST_TIMEOUT_SECS`.
+    #[error("the request took too long")]
+    RequestTimeout,
     /// 400 `bad_request`: any other malformed request.
     #[error("{0}")]
     BadRequest(String),
@@ -63,9 +87,41 @@ impl ApiError {
             ApiError::TooManyClients { .. } => {
                 (StatusCode::SERVICE_UNAVAILABLE, "too_many_clients")
             }
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
         }
     }
+
+    /// The error behind a bodiless status that a layer (not a handler) chose:
+    /// axum's 405, the static files' 404, the timeout layer's 408.
+    fn from_layer_status(status: StatusCode) -> Option<Self> {
+        match status {
+            StatusCode::NOT_FOUND => Some(ApiError::NotFound("resource")),
+            StatusCode::METHOD_NOT_ALLOWED => Some(ApiError::MethodNotAllowed),
+            StatusCode::REQUEST_TIMEOUT => Some(ApiError::RequestTimeout),
+            _ => None,
+        }
+    }
+}
+
+/// Middleware: gives error responses made by layers (which have no
+/// `Content-Type`) the SPEC §3 JSON body, keeping their `Allow` header.
+/// Handler errors already are [`ApiError`]s and pass through untouched.
+pub async fn json_layer_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    if response.headers().contains_key(header::CONTENT_TYPE) {
+        return response;
+    }
+    let Some(error) = ApiError::from_layer_status(response.status()) else {
+        return response;
+    };
+    let allow = response.headers().get(header::ALLOW).cloned();
+    let mut json = error.into_response();
+    if let Some(allow) = allow {
+        json.headers_mut().insert(header::ALLOW, allow);
+    }
+    json
 }
 
 impl From<BusError> for ApiError {
@@ -87,7 +143,12 @@ impl IntoResponse for ApiError {
         } else {
             tracing::debug!(error.code = code, "{code}: {self}");
         }
-        let body = serde_json::json!({ "error": { "code": code, "message": self.to_string() } });
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: code.to_owned(),
+                message: self.to_string(),
+            },
+        };
         let mut response = (status, Json(body)).into_response();
         match &self {
             ApiError::TooManyClients { retry_after } => {
@@ -152,6 +213,22 @@ pub async fn json_body(
     match AppJson::<serde_json::Value>::from_request(request, &()).await {
         Ok(AppJson(value)) => Ok(value),
         Err(ApiError::PayloadTooLarge(_)) => Err(ApiError::PayloadTooLarge(max_body_bytes)),
+        // `"\ud800"` is valid JSON text (RFC 8259 §8.2) but no Unicode
+        // string: a value problem (422), not a syntax one (400).
+        Err(ApiError::InvalidJson(message)) if is_lone_surrogate(&message) => {
+            Err(ApiError::ValidationFailed(ValidationError {
+                field: "body".to_owned(),
+                message:
+                    "strings must be Unicode text: a \\u escape is an unpaired UTF-16 surrogate"
+                        .to_owned(),
+            }))
+        }
         Err(err) => Err(err),
     }
+}
+
+/// serde_json's messages for a `\u` escape that is an unpaired surrogate.
+fn is_lone_surrogate(message: &str) -> bool {
+    message.contains("lone leading surrogate in hex escape")
+        || message.contains("unexpected end of hex escape")
 }

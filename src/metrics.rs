@@ -89,12 +89,25 @@ fn describe() {
     let _ = metrics::histogram!(HTTP_REQUEST_DURATION, "method" => "GET", "route" => "/metrics");
 }
 
+/// The `method` label: a standard method's name, else `other`. Clients may
+/// send any token as a method (RFC 9110 §9.1); one series per invented name
+/// would let them grow the registry without bound.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    const STANDARD: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+    ];
+    STANDARD
+        .into_iter()
+        .find(|m| *m == method.as_str())
+        .unwrap_or("other")
+}
+
 /// Middleware: counts every response and times it to the response head.
 /// `route` is the matched route template (`/accounts/{id}`), or `other`, so
 /// label cardinality stays bounded whatever URLs clients send.
 pub async fn track(request: Request, next: Next) -> Response {
     let start = Instant::now();
-    let method = request.method().as_str().to_owned();
+    let method = method_label(request.method()).to_owned();
     let route = request
         .extensions()
         .get::<MatchedPath>()

@@ -54,28 +54,34 @@ impl fmt::Display for EventId {
 
 /// A stored account; also the `data` of an `account.created` event and the
 /// body of `201`/`GET /accounts/{id}` (SPEC §3.1).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Account {
     /// UUID v7 (time-ordered).
     pub id: uuid::Uuid,
     /// Trimmed display name.
+    #[schema(min_length = 1, max_length = 100, example = "다중서버테스트")]
     pub name: String,
     /// 0 ..= [`MAX_BALANCE`].
+    #[schema(minimum = 0, maximum = 9_007_199_254_740_991_u64)]
     pub balance: u64,
     /// RFC 3339 UTC with milliseconds, e.g. `2026-11-23T05:34:02.123Z`.
+    #[schema(format = DateTime, example = "2026-11-23T05:34:02.123Z")]
     pub created_at: String,
     /// `SERVER_ID` of the instance that accepted it.
     pub server_id: String,
 }
 
 /// The `POST /accounts` body before validation. Unknown fields are rejected.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewAccount {
-    /// Untrimmed name.
+    /// Untrimmed name: surrounding whitespace is trimmed, then 1 to 100
+    /// characters without control characters.
+    #[schema(example = "다중서버테스트")]
     pub name: String,
     /// Balance; serde rejects negatives, fractions, strings and exponents.
+    #[schema(minimum = 0, maximum = 9_007_199_254_740_991_u64)]
     pub balance: u64,
 }
 
@@ -372,5 +378,231 @@ mod tests {
         assert_eq!(v["data"]["name"], "n");
         assert!(json.starts_with("{\"id\":\"1-2\",\"type\""), "{json}");
         assert_eq!(account.created_at.len(), "2026-11-23T05:34:02.123Z".len());
+    }
+}
+
+/// Property tests: validation against an oracle written from SPEC §3.1 alone,
+/// and SSE framing checked with a WHATWG HTML §9.2.6 parser.
+#[cfg(test)]
+mod props {
+    use proptest::prelude::*;
+    use serde_json::{json, Value};
+
+    use super::*;
+
+    /// Unicode `White_Space` (PropList.txt), listed rather than taken from `str::trim`.
+    const WHITE_SPACE: &[(u32, u32)] = &[
+        (0x09, 0x0D),
+        (0x20, 0x20),
+        (0x85, 0x85),
+        (0xA0, 0xA0),
+        (0x1680, 0x1680),
+        (0x2000, 0x200A),
+        (0x2028, 0x2029),
+        (0x202F, 0x202F),
+        (0x205F, 0x205F),
+        (0x3000, 0x3000),
+    ];
+
+    fn white(c: char) -> bool {
+        WHITE_SPACE
+            .iter()
+            .any(|&(lo, hi)| (lo..=hi).contains(&u32::from(c)))
+    }
+
+    /// General category Cc: C0, DEL and C1.
+    fn control(c: char) -> bool {
+        matches!(u32::from(c), 0x00..=0x1F | 0x7F..=0x9F)
+    }
+
+    /// SPEC §3.1: the trimmed name if valid.
+    fn name_oracle(name: &str) -> Option<String> {
+        let chars: Vec<char> = name.chars().collect();
+        let start = chars.iter().position(|&c| !white(c))?;
+        let end = chars.iter().rposition(|&c| !white(c))? + 1;
+        let core = &chars[start..end];
+        (core.len() <= 100 && !core.iter().any(|&c| control(c))).then(|| core.iter().collect())
+    }
+
+    /// SPEC §3.1: a JSON integer in 0 ..= 2^53−1 (not a float, string, …).
+    fn balance_oracle(balance: &Value) -> Option<u64> {
+        match balance {
+            Value::Number(n) if !n.is_f64() => n.as_u64().filter(|&b| b < (1 << 53)),
+            _ => None,
+        }
+    }
+
+    fn interesting_char() -> impl Strategy<Value = char> {
+        prop_oneof![
+            3 => any::<char>(),
+            2 => prop::sample::select(vec![
+                'a', 'Z', '다', '😀', ' ', '\t', '\n', '\r', '\0', '\u{7f}', '\u{85}', '\u{9f}',
+                '\u{a0}', '\u{1f}', '\u{200b}', '\u{2028}', '\u{2029}', '\u{3000}', '\u{feff}',
+                '"', '\\', ':', '\u{10ffff}',
+            ]),
+        ]
+    }
+
+    /// Short arbitrary names, and names around the 100-character limit with
+    /// whitespace padding.
+    fn name() -> impl Strategy<Value = String> {
+        let padding = || {
+            prop::collection::vec(
+                prop::sample::select(vec![' ', '\t', '\n', '\r', '\u{3000}', '\u{85}']),
+                0..3,
+            )
+        };
+        prop_oneof![
+            prop::collection::vec(interesting_char(), 0..12).prop_map(String::from_iter),
+            any::<String>(),
+            (
+                padding(),
+                98usize..=102,
+                prop::sample::select(vec!["x", "다", "😀"]),
+                padding()
+            )
+                .prop_map(|(a, n, c, b)| {
+                    let mut s: String = a.into_iter().collect();
+                    s.push_str(&c.repeat(n));
+                    s.extend(b);
+                    s
+                }),
+        ]
+    }
+
+    fn balance() -> impl Strategy<Value = Value> {
+        prop_oneof![
+            (0u64..=MAX_BALANCE).prop_map(|b| json!(b)),
+            (MAX_BALANCE - 2..=MAX_BALANCE + 2).prop_map(|b| json!(b)),
+            any::<u64>().prop_map(|b| json!(b)),
+            any::<i64>().prop_map(|b| json!(b)),
+            any::<f64>().prop_map(|b| json!(b)),
+            Just(json!(1000.0)),
+            Just(json!("100")),
+            Just(json!(null)),
+            Just(json!([1])),
+        ]
+    }
+
+    /// The events a WHATWG `EventSource` would dispatch for `bytes`:
+    /// `(type, data, lastEventId)` (HTML §9.2.6 "Interpreting an event stream").
+    fn whatwg_events(bytes: &[u8]) -> Vec<(String, String, String)> {
+        let text = String::from_utf8_lossy(bytes);
+        let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
+        let (mut data, mut event_type, mut last_id) = (String::new(), String::new(), String::new());
+        let mut events = Vec::new();
+        let normalized = text.replace("\r\n", "\n").replace('\r', "\n");
+        let mut lines: Vec<&str> = normalized.split('\n').collect();
+        // The text after the last line end is an incomplete line: ignored.
+        lines.pop();
+        for line in lines {
+            if line.is_empty() {
+                if data.is_empty() {
+                    event_type.clear();
+                    continue;
+                }
+                if data.ends_with('\n') {
+                    data.pop();
+                }
+                let kind = if event_type.is_empty() {
+                    "message".to_owned()
+                } else {
+                    std::mem::take(&mut event_type)
+                };
+                events.push((kind, std::mem::take(&mut data), last_id.clone()));
+                continue;
+            }
+            if line.starts_with(':') {
+                continue;
+            }
+            let (field, value) = match line.split_once(':') {
+                Some((f, v)) => (f, v.strip_prefix(' ').unwrap_or(v)),
+                None => (line, ""),
+            };
+            match field {
+                "event" => event_type = value.to_owned(),
+                "data" => {
+                    data.push_str(value);
+                    data.push('\n');
+                }
+                "id" if !value.contains('\0') => last_id = value.to_owned(),
+                _ => {}
+            }
+        }
+        events
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 512, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// `from_json` accepts exactly what the SPEC §3.1 oracle accepts, returns
+        /// the trimmed name, and blames a field that is actually wrong.
+        #[test]
+        fn validation_matches_the_spec_oracle(name in name(), balance in balance()) {
+            let result = NewAccount::from_json(json!({ "name": name, "balance": balance }));
+            let expected = (name_oracle(&name), balance_oracle(&balance));
+            match (result, expected) {
+                (Ok(got), (Some(n), Some(b))) => prop_assert_eq!(got, (n, b)),
+                (Err(err), (n, b)) if n.is_none() || b.is_none() => {
+                    let blamed_ok = (err.field == "name" && n.is_none())
+                        || (err.field == "balance" && b.is_none());
+                    prop_assert!(blamed_ok, "blamed {:?} for {:?} / {}", err, name, balance);
+                }
+                (got, expected) => prop_assert!(false, "{:?} for {:?} / {}: expected {:?}", got, name, balance, expected),
+            }
+        }
+
+        /// For any account (any name, even one validation would refuse) and id,
+        /// the event frame parses back per WHATWG to exactly the event JSON,
+        /// with the id as `lastEventId`, and that JSON holds the same account.
+        #[test]
+        fn event_frames_round_trip_through_a_whatwg_parser(
+            name in name(),
+            balance in 0u64..=MAX_BALANCE,
+            server_id in "[a-z0-9-]{1,12}|\\PC{0,12}",
+            ms in any::<u64>(),
+            seq in any::<u64>(),
+        ) {
+            let account = Account {
+                id: uuid::Uuid::now_v7(),
+                name,
+                balance,
+                created_at: now_rfc3339_ms(),
+                server_id: server_id.clone(),
+            };
+            let id = EventId { ms, seq };
+            let tail = event_tail(&account, &server_id, &account.created_at).unwrap();
+            let json = event_json(id, &tail);
+            let frame = Frame::event(id, &json);
+            let events = whatwg_events(&frame.bytes);
+            prop_assert_eq!(events.len(), 1, "{:?}", frame.bytes);
+            let (kind, data, last_id) = &events[0];
+            prop_assert_eq!(kind, "message");
+            prop_assert_eq!(data, &json);
+            prop_assert_eq!(last_id, &id.to_string());
+            let event: Value = serde_json::from_str(data).unwrap();
+            prop_assert_eq!(&event["id"], &json!(id.to_string()));
+            let parsed: Account = serde_json::from_value(event["data"].clone()).unwrap();
+            prop_assert_eq!(parsed, account);
+        }
+    }
+
+    #[test]
+    fn the_oracle_itself_agrees_with_the_spec_examples() {
+        assert_eq!(
+            name_oracle("  다중서버테스트 ").as_deref(),
+            Some("다중서버테스트")
+        );
+        assert_eq!(name_oracle("\u{3000}a\u{85}").as_deref(), Some("a"));
+        assert_eq!(name_oracle("a\nb"), None);
+        assert_eq!(name_oracle(" \t "), None);
+        assert_eq!(name_oracle(&"x".repeat(101)), None);
+        assert_eq!(balance_oracle(&json!(1e3)), None);
+        assert_eq!(balance_oracle(&json!(-1)), None);
+        assert_eq!(balance_oracle(&json!(MAX_BALANCE)), Some(MAX_BALANCE));
+        assert_eq!(
+            whatwg_events(b"data: a\r\ndata: b\rid: 1\n\n: c\n\n"),
+            vec![("message".to_owned(), "a\nb".to_owned(), "1".to_owned())]
+        );
     }
 }

@@ -8,7 +8,11 @@ use axum::{
     Json, Router,
 };
 
-use crate::{error::ApiError, model::NewAccount, state::AppState};
+use crate::{
+    error::{ApiError, ErrorBody},
+    model::{Account, NewAccount},
+    state::AppState,
+};
 
 pub(super) fn router() -> Router<AppState> {
     Router::new()
@@ -17,7 +21,23 @@ pub(super) fn router() -> Router<AppState> {
 }
 
 /// Validates, stores and publishes; `201` with `Location` and the account.
-async fn create_account(
+#[utoipa::path(post, path = "/accounts", tag = "accounts",
+    request_body(content = NewAccount, content_type = "application/json"),
+    security((), ("publishToken" = [])),
+    responses(
+        (status = 201, description = "Stored and published", body = Account,
+            headers(("Location" = String, description = "/accounts/{id}"))),
+        (status = 400, description = "`invalid_json`: not syntactically valid JSON", body = ErrorBody),
+        (status = 401, description = "`unauthorized`: PUBLISH_TOKEN is set and the bearer token is missing or wrong", body = ErrorBody,
+            headers(("WWW-Authenticate" = String))),
+        (status = 408, description = "`request_timeout`: the body did not arrive within REQUEST_TIMEOUT_SECS", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: body over MAX_BODY_BYTES", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: Content-Type is not JSON", body = ErrorBody),
+        (status = 422, description = "`validation_failed`: wrong shape, type, range or unknown field", body = ErrorBody),
+        (status = 503, description = "`bus_unavailable`: the event could not be published", body = ErrorBody,
+            headers(("Retry-After" = String))),
+    ))]
+pub(super) async fn create_account(
     State(state): State<AppState>,
     request: Request,
 ) -> Result<Response, ApiError> {
@@ -36,7 +56,15 @@ async fn create_account(
 }
 
 /// `200` with the account, `404` for an unknown or malformed id.
-async fn get_account(
+#[utoipa::path(get, path = "/accounts/{id}", tag = "accounts",
+    params(("id" = String, Path, description = "Account id (UUID)")),
+    responses(
+        (status = 200, description = "The account", body = Account),
+        (status = 404, description = "`not_found`: unknown or malformed id", body = ErrorBody),
+        (status = 408, description = "`request_timeout`", body = ErrorBody),
+        (status = 503, description = "`bus_unavailable`", body = ErrorBody, headers(("Retry-After" = String))),
+    ))]
+pub(super) async fn get_account(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -54,8 +82,10 @@ fn authorize(token: Option<&str>, headers: &HeaderMap) -> Result<(), ApiError> {
     let given = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
+        .and_then(|v| v.split_once(' '))
+        // The scheme is case-insensitive (RFC 9110 §11.1).
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("Bearer"))
+        .map_or("", |(_, credentials)| credentials.trim());
     if constant_time_eq(given.as_bytes(), token.as_bytes()) {
         Ok(())
     } else {

@@ -87,7 +87,18 @@ impl Resume {
 /// Opens a stream: `503 too_many_clients` beyond `MAX_SSE_CLIENTS`, else
 /// `200 text/event-stream`. The client is subscribed before the response is
 /// built, so it receives every event accepted after `event: connected`.
-async fn stream_events(
+#[utoipa::path(get, path = "/events/sse", tag = "events",
+    params(
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id"),
+        ("lastEventId" = Option<String>, Query, description = "Resume after this event id (the header wins)"),
+    ),
+    responses(
+        (status = 200, description = "An endless text/event-stream: `retry:`, `event: connected`, then one unnamed message per event (`id:` + one-line JSON `data:`), `event: reset` when a resume is impossible, `: keep-alive` comments",
+            body = String, content_type = "text/event-stream"),
+        (status = 503, description = "`too_many_clients`: MAX_SSE_CLIENTS reached", body = crate::error::ErrorBody,
+            headers(("Retry-After" = String))),
+    ))]
+pub(super) async fn stream_events(
     State(state): State<AppState>,
     headers: HeaderMap,
     uri: Uri,

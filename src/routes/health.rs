@@ -1,7 +1,7 @@
 //! `GET|HEAD /health` (readiness) and `/health/live` (liveness), SPEC §3.3.
 
 use axum::{extract::State, http::StatusCode, response::IntoResponse, routing::get, Json, Router};
-use serde_json::json;
+use serde::Serialize;
 
 use crate::state::AppState;
 
@@ -12,20 +12,54 @@ pub(super) fn router() -> Router<AppState> {
         .route("/health/live", get(live))
 }
 
-/// `200` when the bus is usable, else `503` with `"status":"degraded"`.
-async fn health(State(state): State<AppState>) -> impl IntoResponse {
+/// The `/health` body (SPEC §3.3).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthBody {
+    /// `ok` when ready, else `degraded`.
+    #[schema(example = "ok")]
+    pub status: &'static str,
+    /// `SERVER_ID`.
+    pub server_id: String,
+    /// `redis` or `memory`.
+    #[schema(example = "redis")]
+    pub bus: &'static str,
+    /// `up` or `down`; absent with the memory bus.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub redis: Option<&'static str>,
+    /// Open SSE streams on this instance.
+    pub sse_clients: usize,
+    /// Seconds since start-up.
+    pub uptime_secs: u64,
+    /// Crate version.
+    pub version: &'static str,
+}
+
+/// The `/health/live` body.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct LiveBody {
+    /// Always `ok`.
+    #[schema(example = "ok")]
+    pub status: &'static str,
+}
+
+/// Readiness: `200` when the bus is usable, else `503` with `"status":"degraded"`.
+#[utoipa::path(get, path = "/health", tag = "health",
+    responses(
+        (status = 200, description = "Ready: the bus is usable", body = HealthBody),
+        (status = 503, description = "Not ready (Redis down or not subscribed)", body = HealthBody),
+    ))]
+pub(super) async fn health(State(state): State<AppState>) -> impl IntoResponse {
     let bus = state.bus.health().await;
-    let mut body = json!({
-        "status": if bus.ready { "ok" } else { "degraded" },
-        "serverId": state.config.server_id,
-        "bus": state.bus.kind(),
-        "sseClients": state.hub.client_count(),
-        "uptimeSecs": state.started_at.elapsed().as_secs(),
-        "version": env!("CARGO_PKG_VERSION"),
-    });
-    if let Some(up) = bus.redis_up {
-        body["redis"] = json!(if up { "up" } else { "down" });
-    }
+    let body = HealthBody {
+        status: if bus.ready { "ok" } else { "degraded" },
+        server_id: state.config.server_id.clone(),
+        bus: state.bus.kind(),
+        redis: bus.redis_up.map(|up| if up { "up" } else { "down" }),
+        sse_clients: state.hub.client_count(),
+        uptime_secs: state.started_at.elapsed().as_secs(),
+        version: env!("CARGO_PKG_VERSION"),
+    };
     let status = if bus.ready {
         StatusCode::OK
     } else {
@@ -34,7 +68,9 @@ async fn health(State(state): State<AppState>) -> impl IntoResponse {
     (status, Json(body))
 }
 
-/// `200 {"status":"ok"}` while the process runs.
-async fn live() -> impl IntoResponse {
-    Json(json!({ "status": "ok" }))
+/// Liveness: `200 {"status":"ok"}` while the process runs.
+#[utoipa::path(get, path = "/health/live", tag = "health",
+    responses((status = 200, description = "The process runs", body = LiveBody)))]
+pub(super) async fn live() -> impl IntoResponse {
+    Json(LiveBody { status: "ok" })
 }

@@ -23,6 +23,7 @@ mod accounts;
 pub mod events;
 mod health;
 mod metrics;
+pub mod openapi;
 
 /// Builds the whole application for `state`; `web_dir` is served at `/`.
 pub fn router(state: AppState, web_dir: &std::path::Path) -> Router {
@@ -32,6 +33,7 @@ pub fn router(state: AppState, web_dir: &std::path::Path) -> Router {
         .merge(accounts::router())
         .merge(health::router())
         .merge(metrics::router())
+        .merge(openapi::router())
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(config.request_timeout_secs),
@@ -40,6 +42,7 @@ pub fn router(state: AppState, web_dir: &std::path::Path) -> Router {
         .merge(bounded)
         .merge(events::router())
         .fallback_service(ServeDir::new(web_dir).append_index_html_on_directories(true))
+        .layer(middleware::from_fn(crate::error::json_layer_errors))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(middleware::from_fn(crate::metrics::track))
         .layer(trace_layer(&config.server_id));

@@ -2,6 +2,7 @@
 
 mod support;
 
+mod abuse;
 mod accounts;
 mod browser;
 mod config;
@@ -9,10 +10,13 @@ mod container;
 mod deploy;
 mod events;
 mod failover;
+mod limits;
 mod logs;
 mod metrics;
 mod nginx;
+mod openapi;
 mod outage;
+mod props;
 mod resume;
 mod shutdown;
 mod slow_clients;
