@@ -1,0 +1,483 @@
+//! `sse-fanout-bench`: a load generator for SSE fan-out servers.
+//!
+//! It opens `--clients` SSE connections spread round-robin over the `--sse`
+//! URLs, waits until they are connected (and `--warmup` has passed), then
+//! publishes `rate × duration` events open-loop through the `--publish` URLs,
+//! each carrying a unique token `bench-<run>-<seq>` in its name, waits
+//! `--drain` seconds and reports what the clients received: deliveries,
+//! missing, duplicates, order violations and latency from POST sent to event
+//! read, plus the CPU and memory of the `--pid` processes and of the bench.
+//!
+//! It works against any server whose SSE `data:` lines carry the token: the
+//! reader never parses JSON, it looks for `bench-<run>-` in `data:` lines
+//! and reads the digits after it. `--publish-mode raw` posts
+//! `{"name":"<token>"}` as is (for nchan's publisher endpoint);
+//! `accounts` (the default) posts `{"name":"<token>","balance":<seq>}` to
+//! sse-fanout's `POST /accounts`.
+//!
+//! # Timeline
+//! 1. Sample the `--pid` processes (RSS before any connection).
+//! 2. Connect every client (at most `--connect-concurrency` at once, each
+//!    bound to one of `--source-addrs` loopback addresses). Publishing starts
+//!    once every client has connected or failed **and** `--warmup` seconds
+//!    have passed; clients connected by then are *eligible*.
+//! 3. Sample again (RSS with the connections idle; CPU and the window start).
+//! 4. Publish: event `k` is due `k / rate` s after the start, in its own
+//!    task, over at most `--publish-connections` keep-alive connections per URL.
+//! 5. When every POST has finished, wait `--drain` seconds, sample, stop.
+//!
+//! `missing` is, per eligible client, the 2xx events it never saw. Order
+//! violations are meaningful with one publish URL only (with several, two
+//! instances' events legitimately interleave in any order).
+
+mod procstat;
+mod publish;
+mod report;
+mod sse;
+mod target;
+
+use std::{
+    collections::BTreeMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, PoisonError,
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use clap::Parser;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use memchr::memmem::Finder;
+use serde::Serialize;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+pub use crate::{
+    procstat::{MachineSample, ProcSample},
+    report::{BenchUsage, Connections, Deliveries, Events, Latency, Report, ServerUsage},
+    target::Target,
+};
+use crate::{
+    publish::{PublishPlan, Publisher},
+    sse::{new_histogram, run_client, ClientOutcome, ClientPlan, Shared},
+};
+
+/// Runs longer than this (warmup + duration + drain, seconds) show a progress bar.
+const PROGRESS_MIN_SECS: f64 = 3.0;
+/// Latency histogram shards shared by the clients.
+const LATENCY_SHARDS: usize = 8;
+
+/// What to publish to the `--publish` URLs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PublishMode {
+    /// sse-fanout's `POST /accounts`: `{"name":"<token>","balance":<seq>}`.
+    Accounts,
+    /// A raw message body, e.g. nchan's publisher: `{"name":"<token>"}`.
+    Raw,
+}
+
+/// Command-line arguments (see `--help`).
+#[derive(Debug, Clone, Parser, Serialize)]
+#[command(
+    name = "sse-fanout-bench",
+    version,
+    about = "Load generator for SSE fan-out servers: N SSE readers, open-loop publishing, latency and loss"
+)]
+pub struct Args {
+    /// SSE URL to subscribe to; repeat it to spread clients round-robin.
+    #[arg(long = "sse", value_name = "URL")]
+    pub sse: Vec<String>,
+    /// Number of SSE clients.
+    #[arg(long, default_value_t = 100)]
+    pub clients: usize,
+    /// URL to POST events to; repeat it to publish round-robin.
+    #[arg(long = "publish", value_name = "URL")]
+    pub publish: Vec<String>,
+    /// Events per second (open loop); 0 publishes nothing.
+    #[arg(long, value_name = "EVENTS_PER_SEC", default_value_t = 100.0)]
+    pub rate: f64,
+    /// Seconds of publishing (or of idling, without --publish or with --rate 0).
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    pub duration: f64,
+    /// Seconds from the start before publishing begins (connect and settle);
+    /// publishing also waits until every client has connected or failed.
+    #[arg(long, value_name = "SECS", default_value_t = 2.0)]
+    pub warmup: f64,
+    /// Seconds to wait after the last POST finished, for late deliveries.
+    #[arg(long, value_name = "SECS", default_value_t = 2.0)]
+    pub drain: f64,
+    /// Bind SSE clients round-robin to 127.0.0.1 ..= 127.0.0.N (IPv4 loopback
+    /// targets only), so more than ~28k connections fit in the port range.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u8).range(1..=254))]
+    pub source_addrs: u8,
+    /// Server process to sample (CPU, RSS); repeat for several, figures are summed.
+    #[arg(long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+    /// What to POST: `accounts` (sse-fanout) or `raw` (e.g. nchan).
+    #[arg(long, value_enum, default_value_t = PublishMode::Accounts)]
+    pub publish_mode: PublishMode,
+    /// Keep-alive connections (= concurrent POSTs) per publish URL.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub publish_connections: usize,
+    /// Send `Authorization: Bearer <TOKEN>` with each POST (sse-fanout's PUBLISH_TOKEN).
+    #[arg(long, value_name = "TOKEN")]
+    #[serde(skip)]
+    pub publish_token: Option<String>,
+    /// SSE clients connecting at once (the rest wait), to spare the listen backlog.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub connect_concurrency: usize,
+    /// Seconds allowed for a connection, for response headers, and for a POST.
+    #[arg(long, value_name = "SECS", default_value_t = 10.0)]
+    pub timeout: f64,
+    /// Run id used in tokens (default: random).
+    #[arg(long, value_name = "ID")]
+    pub run_id: Option<String>,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+    /// Never show the progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+}
+
+impl Args {
+    fn validate(&self) -> anyhow::Result<()> {
+        for (name, v) in [
+            ("--rate", self.rate),
+            ("--duration", self.duration),
+            ("--warmup", self.warmup),
+            ("--drain", self.drain),
+        ] {
+            anyhow::ensure!(v.is_finite() && v >= 0.0, "{name} must be ≥ 0, got {v}");
+        }
+        anyhow::ensure!(
+            self.timeout.is_finite() && self.timeout > 0.0,
+            "--timeout must be > 0"
+        );
+        anyhow::ensure!(
+            self.clients == 0 || !self.sse.is_empty(),
+            "--clients {} needs at least one --sse URL",
+            self.clients
+        );
+        if let Some(id) = &self.run_id {
+            anyhow::ensure!(
+                !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric()),
+                "--run-id must be ASCII letters and digits"
+            );
+        }
+        let seen_bytes = (self.clients as f64) * self.events() as f64 / 8.0;
+        anyhow::ensure!(
+            seen_bytes < 8.0 * f64::from(1u32 << 30),
+            "--clients × rate × duration is too large to track (needs {:.0} GiB)",
+            seen_bytes / f64::from(1u32 << 30)
+        );
+        Ok(())
+    }
+
+    /// Events the run publishes: `rate × duration` when there is a publish URL.
+    fn events(&self) -> u64 {
+        if self.publish.is_empty() {
+            0
+        } else {
+            (self.rate * self.duration).round() as u64
+        }
+    }
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit; returns the soft limit now in force.
+fn raise_nofile_limit() -> u64 {
+    rlimit::increase_nofile_limit(u64::MAX)
+        .or_else(|_| rlimit::getrlimit(rlimit::Resource::NOFILE).map(|(soft, _)| soft))
+        .unwrap_or(0)
+}
+
+fn secs(ns: u64) -> f64 {
+    ns as f64 / 1e9
+}
+
+/// Runs one benchmark and returns its report.
+///
+/// # Errors
+/// Bad arguments, or a URL that cannot be resolved. Failures during the run
+/// (refused connections, failed POSTs) are counted in the report instead.
+pub async fn run(args: Args) -> anyhow::Result<Report> {
+    args.validate()?;
+    let nofile = raise_nofile_limit();
+    if nofile != 0 && (args.clients as u64) + 256 > nofile {
+        eprintln!(
+            "warning: {} clients with an open-files limit of {nofile}: some connections will fail",
+            args.clients
+        );
+    }
+    let mut sse_targets = Vec::new();
+    for url in &args.sse {
+        sse_targets.push(Arc::new(Target::resolve(url).await?));
+    }
+    let mut publish_targets = Vec::new();
+    for url in &args.publish {
+        publish_targets.push(Target::resolve(url).await?);
+    }
+    let run_id = args
+        .run_id
+        .clone()
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string()[..8].to_owned());
+    let prefix = format!("bench-{run_id}-");
+    let total = args.events();
+    let timeout = Duration::from_secs_f64(args.timeout);
+
+    let shared = Arc::new(Shared {
+        t0: Instant::now(),
+        send_ns: (0..total).map(|_| AtomicU64::new(0)).collect(),
+        token: Finder::new(prefix.as_bytes()).into_owned(),
+        latency: (0..LATENCY_SHARDS)
+            .map(|_| Mutex::new(new_histogram()))
+            .collect(),
+        deliveries: AtomicU64::new(0),
+        connected: AtomicU64::new(0),
+        failed: AtomicU64::new(0),
+        stop: CancellationToken::new(),
+    });
+    let publisher = Arc::new(
+        Publisher::new(PublishPlan {
+            targets: publish_targets,
+            connections_per_url: args.publish_connections,
+            mode: args.publish_mode,
+            prefix,
+            bearer: args.publish_token.clone(),
+            timeout,
+            total,
+        })
+        .context("publisher")?,
+    );
+    let progress = start_progress(&args, &shared, &publisher);
+
+    // 1–2: sample, connect, settle.
+    let server_start = ProcSample::read_all(&args.pids);
+    let connecting = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
+    let clients: Vec<_> = (0..args.clients)
+        .map(|index| {
+            let target = sse_targets[index % sse_targets.len()].clone();
+            let plan = ClientPlan {
+                index,
+                source: target.source_for(index, args.source_addrs),
+                target,
+                connect_timeout: timeout,
+            };
+            tokio::spawn(run_client(plan, shared.clone(), connecting.clone()))
+        })
+        .collect();
+    let warmup_end = shared.t0 + Duration::from_secs_f64(args.warmup);
+    loop {
+        let settled =
+            shared.connected.load(Ordering::Relaxed) + shared.failed.load(Ordering::Relaxed);
+        if settled >= args.clients as u64 && Instant::now() >= warmup_end {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // 3–5: sample, publish, drain, sample.
+    let server_connected = ProcSample::read_all(&args.pids);
+    let bench_start = ProcSample::read(None).unwrap_or_default();
+    let machine_start = MachineSample::read();
+    let publish_start = Instant::now();
+    let publish_start_ns = shared.ns(publish_start);
+    if total > 0 {
+        publisher.clone().run(shared.clone(), args.rate).await;
+    } else {
+        tokio::time::sleep(Duration::from_secs_f64(args.duration)).await;
+    }
+    tokio::time::sleep(Duration::from_secs_f64(args.drain)).await;
+    let server_end = ProcSample::read_all(&args.pids);
+    let bench_end = ProcSample::read(None).unwrap_or_default();
+    let machine_end = MachineSample::read();
+    let window_ns = shared
+        .ns(Instant::now())
+        .saturating_sub(publish_start_ns)
+        .max(1);
+
+    shared.stop.cancel();
+    let mut outcomes = Vec::with_capacity(clients.len());
+    for client in clients {
+        outcomes.push(client.await.context("client task panicked")?);
+    }
+    if let Some(bar) = progress {
+        bar.finish_and_clear();
+    }
+
+    // Aggregate.
+    let mut accepted = vec![0u64; total.div_ceil(64) as usize];
+    for (seq, ok) in publisher.accepted.iter().enumerate() {
+        if ok.load(Ordering::Relaxed) {
+            accepted[seq / 64] |= 1 << (seq % 64);
+        }
+    }
+    let events_ok = publisher.ok.load(Ordering::Relaxed);
+    let mut errors = BTreeMap::new();
+    let mut connections = Connections {
+        attempted: args.clients as u64,
+        ..Connections::default()
+    };
+    let mut deliveries = Deliveries::default();
+    let mut last_delivery_ns = 0;
+    for out in &outcomes {
+        if let Some(e) = &out.error {
+            connections.failed += 1;
+            *errors.entry(format!("sse: {e}")).or_default() += 1;
+        }
+        let Some(connected_ns) = out.connected_ns else {
+            continue;
+        };
+        connections.ok += 1;
+        connections.dropped += u64::from(out.dropped);
+        deliveries.total += out.deliveries;
+        deliveries.duplicates += out.duplicates;
+        deliveries.order_violations += out.order_violations;
+        deliveries.foreign += out.foreign;
+        last_delivery_ns = last_delivery_ns.max(out.last_delivery_ns);
+        if connected_ns <= publish_start_ns {
+            connections.eligible += 1;
+            deliveries.missing += events_ok - seen_accepted(out, &accepted);
+        }
+    }
+    deliveries.expected = connections.eligible * events_ok;
+    deliveries.window_secs = secs(last_delivery_ns.saturating_sub(publish_start_ns));
+    if deliveries.window_secs > 0.0 {
+        deliveries.per_sec = deliveries.total as f64 / deliveries.window_secs;
+    }
+    for (e, n) in publisher
+        .errors
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+    {
+        errors.insert(format!("publish: {e}"), *n);
+    }
+
+    let publish_secs = secs(
+        publisher
+            .last_done_ns
+            .load(Ordering::Relaxed)
+            .saturating_sub(publish_start_ns),
+    );
+    let events = Events {
+        scheduled: total,
+        ok: events_ok,
+        failed: publisher.failed.load(Ordering::Relaxed),
+        publish_secs,
+        accepted_per_sec: if publish_secs > 0.0 {
+            events_ok as f64 / publish_secs
+        } else {
+            0.0
+        },
+    };
+    let mut latency = new_histogram();
+    for shard in shared.latency.iter() {
+        latency
+            .add(&*shard.lock().unwrap_or_else(PoisonError::into_inner))
+            .context("merging histograms")?;
+    }
+    let per = |cpu_us: u64, n: u64| (n > 0).then(|| cpu_us as f64 / n as f64);
+    let window_us = window_ns as f64 / 1000.0;
+    let server = match (server_start, server_connected, server_end) {
+        (Some(s0), Some(s1), Some(s2)) => {
+            let cpu_us = s2.cpu_us.saturating_sub(s1.cpu_us);
+            Some(ServerUsage {
+                pids: args.pids.clone(),
+                rss_kib_start: s0.rss_kib,
+                rss_kib_connected: s1.rss_kib,
+                rss_kib_end: s2.rss_kib,
+                rss_kib_per_connection: (connections.ok > 0)
+                    .then(|| (s1.rss_kib as f64 - s0.rss_kib as f64) / connections.ok as f64),
+                cpu_us,
+                cpu_cores: cpu_us as f64 / window_us,
+                cpu_us_per_delivery: per(cpu_us, deliveries.total),
+                cpu_us_per_event: per(cpu_us, events_ok),
+            })
+        }
+        _ if !args.pids.is_empty() => {
+            errors.insert(format!("pid: cannot read /proc of {:?}", args.pids), 1);
+            None
+        }
+        _ => None,
+    };
+    let bench_cpu = bench_end.cpu_us.saturating_sub(bench_start.cpu_us);
+    let post_latency_ms = Latency::from_us(
+        &publisher
+            .latency
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner),
+    );
+    Ok(Report {
+        run_id,
+        connections,
+        events,
+        deliveries: deliveries.clone(),
+        latency_ms: Latency::from_us(&latency),
+        post_latency_ms,
+        server,
+        bench: BenchUsage {
+            cpu_us: bench_cpu,
+            cpu_cores: bench_cpu as f64 / window_us,
+            cpu_us_per_delivery: per(bench_cpu, deliveries.total),
+            rss_kib: bench_end.rss_kib,
+        },
+        machine_cpu_busy_pct: machine_start.busy_pct_until(machine_end),
+        errors,
+        args,
+    })
+}
+
+/// How many 2xx events (bits of `accepted`) the client saw.
+fn seen_accepted(out: &ClientOutcome, accepted: &[u64]) -> u64 {
+    out.seen
+        .iter()
+        .zip(accepted)
+        .map(|(s, a)| u64::from((s & a).count_ones()))
+        .sum()
+}
+
+/// A progress bar over the planned run time, redrawn from the shared
+/// counters every 250 ms; `None` for short runs, `--no-progress`, or when
+/// stderr is not a terminal (indicatif hides it then).
+fn start_progress(
+    args: &Args,
+    shared: &Arc<Shared>,
+    publisher: &Arc<Publisher>,
+) -> Option<ProgressBar> {
+    let planned = args.warmup + args.duration + args.drain;
+    if args.no_progress || planned < PROGRESS_MIN_SECS {
+        return None;
+    }
+    let target = ProgressDrawTarget::stderr();
+    if target.is_hidden() {
+        return None;
+    }
+    let bar = ProgressBar::with_draw_target(Some((planned * 10.0) as u64), target);
+    bar.set_style(
+        ProgressStyle::with_template("{elapsed:>4} [{wide_bar}] {msg}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    let (bar2, shared, publisher) = (bar.clone(), shared.clone(), publisher.clone());
+    let clients = args.clients;
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        while !shared.stop.is_cancelled() {
+            tick.tick().await;
+            bar2.set_position((shared.t0.elapsed().as_secs_f64() * 10.0) as u64);
+            bar2.set_message(format!(
+                "clients {}/{clients} (failed {})  posted {} (failed {})  deliveries {}",
+                shared.connected.load(Ordering::Relaxed),
+                shared.failed.load(Ordering::Relaxed),
+                publisher.ok.load(Ordering::Relaxed),
+                publisher.failed.load(Ordering::Relaxed),
+                shared.deliveries.load(Ordering::Relaxed),
+            ));
+        }
+    });
+    Some(bar)
+}

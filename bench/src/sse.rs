@@ -1,0 +1,370 @@
+//! The SSE reading side: one task per client, an HTTP/1 connection driven in
+//! the same task as its body, and incremental line parsing that looks only at
+//! `data:` lines and finds the token by substring search (no JSON parsing).
+
+use std::{
+    net::IpAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt as _, Empty};
+use hyper::{header, Request};
+use hyper_util::rt::TokioIo;
+use memchr::memmem::Finder;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::target::{connect, Target};
+
+/// A line longer than this (without its newline) is dropped unread.
+const MAX_LINE: usize = 1 << 20;
+
+/// State shared by the publisher and every SSE client of one run.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// Origin of every `*_ns` time in the run.
+    pub t0: Instant,
+    /// When each event's POST was sent, in ns since `t0`; 0 = not sent yet.
+    pub send_ns: Box<[AtomicU64]>,
+    /// Finds the token prefix `bench-<run>-` in a `data:` line.
+    pub token: Finder<'static>,
+    /// Latency histograms (µs), sharded to keep lock contention low.
+    pub latency: Box<[Mutex<Histogram<u64>>]>,
+    /// Deliveries so far, for the progress bar.
+    pub deliveries: AtomicU64,
+    /// Clients that got their response headers so far.
+    pub connected: AtomicU64,
+    /// Clients that gave up connecting so far.
+    pub failed: AtomicU64,
+    /// Cancelled when the run ends: clients stop reading and report.
+    pub stop: CancellationToken,
+}
+
+impl Shared {
+    /// Nanoseconds from `t0` to `at`.
+    pub fn ns(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.t0).as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+/// A new latency histogram: 1 µs to 1 h, 3 significant digits.
+pub(crate) fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Splits a byte stream into lines (`\n` or `\r\n`), carrying a partial line
+/// between chunks and copying only that partial line.
+#[derive(Debug, Default)]
+pub(crate) struct LineSplitter {
+    partial: Vec<u8>,
+    overlong: bool,
+}
+
+impl LineSplitter {
+    /// Calls `on_line` for each line that `chunk` completes, without its line end.
+    pub fn feed(&mut self, chunk: &[u8], mut on_line: impl FnMut(&[u8])) {
+        let mut rest = chunk;
+        if !self.partial.is_empty() || self.overlong {
+            let Some(i) = memchr::memchr(b'\n', rest) else {
+                self.keep(rest);
+                return;
+            };
+            self.keep(&rest[..i]);
+            if !self.overlong {
+                on_line(strip_cr(&self.partial));
+            }
+            self.partial.clear();
+            self.overlong = false;
+            rest = &rest[i + 1..];
+        }
+        let mut start = 0;
+        for i in memchr::memchr_iter(b'\n', rest) {
+            on_line(strip_cr(&rest[start..i]));
+            start = i + 1;
+        }
+        self.keep(&rest[start..]);
+    }
+
+    fn keep(&mut self, bytes: &[u8]) {
+        if self.overlong || self.partial.len() + bytes.len() > MAX_LINE {
+            self.partial.clear();
+            self.overlong = true;
+        } else {
+            self.partial.extend_from_slice(bytes);
+        }
+    }
+}
+
+fn strip_cr(line: &[u8]) -> &[u8] {
+    line.strip_suffix(b"\r").unwrap_or(line)
+}
+
+/// The sequence number after the token prefix in an SSE line, if it is a
+/// `data:` line that carries one.
+pub(crate) fn token_seq(line: &[u8], token: &Finder<'_>) -> Option<u64> {
+    let data = line.strip_prefix(b"data:")?;
+    let at = token.find(data)? + token.needle().len();
+    let digits = &data[at..];
+    let len = digits
+        .iter()
+        .take(20)
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    if len == 0 {
+        return None;
+    }
+    std::str::from_utf8(&digits[..len]).ok()?.parse().ok()
+}
+
+/// What one client saw.
+#[derive(Debug, Default)]
+pub(crate) struct ClientOutcome {
+    /// When the response headers (2xx) arrived, ns since `t0`.
+    pub connected_ns: Option<u64>,
+    /// Why it never connected.
+    pub error: Option<String>,
+    /// The stream ended (or failed) before the run did.
+    pub dropped: bool,
+    /// Events carrying this run's token, duplicates included.
+    pub deliveries: u64,
+    /// Events seen again by this client.
+    pub duplicates: u64,
+    /// Events whose seq is lower than the previous one this client saw.
+    pub order_violations: u64,
+    /// Token-bearing events with a seq this run never published.
+    pub foreign: u64,
+    /// When the last delivery arrived, ns since `t0`.
+    pub last_delivery_ns: u64,
+    /// Bit `seq` set once seq was seen.
+    pub seen: Vec<u64>,
+    last_seq: Option<u64>,
+}
+
+impl ClientOutcome {
+    fn on_seq(&mut self, seq: u64, now_ns: u64, shared: &Shared, latencies: &mut Vec<u64>) {
+        let Some(sent) = usize::try_from(seq)
+            .ok()
+            .and_then(|i| shared.send_ns.get(i))
+        else {
+            self.foreign += 1;
+            return;
+        };
+        self.deliveries += 1;
+        let (word, bit) = ((seq / 64) as usize, 1u64 << (seq % 64));
+        if word >= self.seen.len() {
+            self.seen.resize(word + 1, 0);
+        }
+        if self.seen[word] & bit != 0 {
+            self.duplicates += 1;
+        }
+        self.seen[word] |= bit;
+        if self.last_seq.is_some_and(|last| seq < last) {
+            self.order_violations += 1;
+        }
+        self.last_seq = Some(seq);
+        let sent = sent.load(Ordering::Relaxed);
+        if sent != 0 {
+            latencies.push(now_ns.saturating_sub(sent) / 1000);
+        }
+    }
+}
+
+/// Everything a client task needs.
+#[derive(Debug, Clone)]
+pub(crate) struct ClientPlan {
+    pub index: usize,
+    pub target: Arc<Target>,
+    pub source: Option<IpAddr>,
+    pub connect_timeout: Duration,
+}
+
+/// Connects, subscribes and counts token-bearing events until `shared.stop`.
+/// `connecting` bounds how many clients are between connect and response headers.
+pub(crate) async fn run_client(
+    plan: ClientPlan,
+    shared: Arc<Shared>,
+    connecting: Arc<Semaphore>,
+) -> ClientOutcome {
+    let out = client(plan, &shared, connecting).await;
+    if out.error.is_some() {
+        shared.failed.fetch_add(1, Ordering::Relaxed);
+    }
+    out
+}
+
+async fn client(plan: ClientPlan, shared: &Shared, connecting: Arc<Semaphore>) -> ClientOutcome {
+    let mut out = ClientOutcome::default();
+    let permit = tokio::select! {
+        p = connecting.acquire_owned() => p.ok(),
+        () = shared.stop.cancelled() => {
+            out.error = Some("run ended before connecting".to_owned());
+            return out;
+        }
+    };
+    let target = &plan.target;
+    let connected = tokio::time::timeout(plan.connect_timeout, async {
+        let stream = connect(target.addr, plan.source)
+            .await
+            .map_err(|e| format!("connect: {e}"))?;
+        hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("handshake: {e}"))
+    })
+    .await;
+    let (mut sender, conn) = match connected {
+        Ok(Ok(pair)) => pair,
+        Ok(Err(e)) => {
+            out.error = Some(e);
+            return out;
+        }
+        Err(_) => {
+            out.error = Some("connect: timed out".to_owned());
+            return out;
+        }
+    };
+    let request = Request::get(target.path.as_str())
+        .header(header::HOST, target.authority.as_str())
+        .header(header::ACCEPT, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Empty::<Bytes>::new())
+        .expect("valid request");
+    let mut conn = std::pin::pin!(conn);
+    let shard = &shared.latency[plan.index % shared.latency.len()];
+
+    let reader = async {
+        let response = tokio::time::timeout(plan.connect_timeout, sender.send_request(request))
+            .await
+            .map_err(|_| "response headers: timed out".to_owned())?
+            .map_err(|e| format!("request: {e}"))?;
+        if !response.status().is_success() {
+            return Err(format!("HTTP {}", response.status().as_u16()));
+        }
+        out.connected_ns = Some(shared.ns(Instant::now()));
+        shared.connected.fetch_add(1, Ordering::Relaxed);
+        drop(permit);
+        let mut body = response.into_body();
+        let mut lines = LineSplitter::default();
+        let mut latencies = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| format!("body: {e}"))?;
+            let Some(chunk) = frame.data_ref() else {
+                continue;
+            };
+            let now_ns = shared.ns(Instant::now());
+            let before = out.deliveries;
+            lines.feed(chunk, |line| {
+                if let Some(seq) = token_seq(line, &shared.token) {
+                    out.on_seq(seq, now_ns, shared, &mut latencies);
+                }
+            });
+            let new = out.deliveries - before;
+            if new > 0 {
+                out.last_delivery_ns = now_ns;
+                shared.deliveries.fetch_add(new, Ordering::Relaxed);
+            }
+            if !latencies.is_empty() {
+                let mut h = shard
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                for &us in &latencies {
+                    h.saturating_record(us);
+                }
+                latencies.clear();
+            }
+        }
+        Ok(())
+    };
+
+    let ended: Result<(), String> = tokio::select! {
+        biased;
+        () = shared.stop.cancelled() => Ok(()),
+        res = &mut conn => res.map_err(|e| format!("connection: {e}")),
+        res = reader => res,
+    };
+    let stopped = shared.stop.is_cancelled();
+    match ended {
+        Err(e) if out.connected_ns.is_none() => out.error = Some(e),
+        _ if out.connected_ns.is_none() => {
+            out.error = Some(if stopped {
+                "run ended before response headers".to_owned()
+            } else {
+                "closed before response headers".to_owned()
+            });
+        }
+        _ => out.dropped = !stopped,
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(chunks: &[&[u8]]) -> Vec<String> {
+        let mut splitter = LineSplitter::default();
+        let mut out = Vec::new();
+        for c in chunks {
+            splitter.feed(c, |l| out.push(String::from_utf8_lossy(l).into_owned()));
+        }
+        out
+    }
+
+    #[test]
+    fn splits_lines_across_chunks() {
+        assert_eq!(
+            lines(&[b"id: 1\ndata: a", b"bc\r\n\r", b"\n", b"x", b"y", b"\n"]),
+            ["id: 1", "data: abc", "", "xy"]
+        );
+        assert_eq!(lines(&[b"no newline yet"]), Vec::<String>::new());
+    }
+
+    #[test]
+    fn drops_overlong_lines_only() {
+        let big = vec![b'a'; MAX_LINE + 10];
+        let got = lines(&[b"data: x", &big, b"tail\nnext\n"]);
+        assert_eq!(got, ["next"]);
+    }
+
+    #[test]
+    fn finds_the_token_in_data_lines_only() {
+        let token = Finder::new(b"bench-r1-").into_owned();
+        let data = br#"data: {"id":"9","data":{"name":"bench-r1-42","balance":42}}"#;
+        assert_eq!(token_seq(data, &token), Some(42));
+        assert_eq!(token_seq(br#"data:{"name":"bench-r1-7"}"#, &token), Some(7));
+        assert_eq!(token_seq(b"id: bench-r1-5", &token), None);
+        assert_eq!(token_seq(br#"data: {"name":"bench-r2-5"}"#, &token), None);
+        assert_eq!(token_seq(br#"data: {"name":"bench-r1-"}"#, &token), None);
+        assert_eq!(token_seq(b"data: {\"serverId\":\"a\"}", &token), None);
+    }
+
+    #[test]
+    fn counts_duplicates_order_and_foreign() {
+        let shared = Shared {
+            t0: Instant::now(),
+            send_ns: (0..10).map(|_| AtomicU64::new(1_000)).collect(),
+            token: Finder::new(b"x").into_owned(),
+            latency: vec![Mutex::new(new_histogram())].into_boxed_slice(),
+            deliveries: AtomicU64::new(0),
+            connected: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            stop: CancellationToken::new(),
+        };
+        let mut out = ClientOutcome::default();
+        let mut lat = Vec::new();
+        for seq in [0, 1, 3, 2, 3, 99] {
+            out.on_seq(seq, 3_001_000, &shared, &mut lat);
+        }
+        assert_eq!(out.deliveries, 5);
+        assert_eq!(out.duplicates, 1);
+        assert_eq!(out.order_violations, 1);
+        assert_eq!(out.foreign, 1);
+        assert_eq!(lat, [3000; 5]);
+        assert_eq!(out.seen, [0b1111]);
+    }
+}
