@@ -59,7 +59,7 @@ pub struct Events {
     pub ok: u64,
     /// POSTs that failed.
     pub failed: u64,
-    /// First POST scheduled → last POST finished, seconds.
+    /// First POST scheduled → last POST finished, seconds (at least `--duration`).
     pub publish_secs: f64,
     /// `ok / publish_secs`.
     pub accepted_per_sec: f64,
@@ -70,9 +70,9 @@ pub struct Events {
 pub struct Deliveries {
     /// Token-bearing events received, duplicates included.
     pub total: u64,
-    /// `total` over the window from the first publish to the last delivery.
+    /// `total` over `window_secs`.
     pub per_sec: f64,
-    /// That window, seconds.
+    /// First publish → last delivery, seconds (at least `--duration`).
     pub window_secs: f64,
     /// Eligible clients × 2xx events.
     pub expected: u64,
@@ -81,9 +81,15 @@ pub struct Deliveries {
     /// Events a client saw more than once (each extra sighting counts).
     pub duplicates: u64,
     /// Events with a lower seq than the previous one the same client saw.
-    /// Meaningful with one publish URL only: with several, events race
-    /// between instances and may legitimately arrive out of seq order.
+    /// Meaningful with one publish URL only, and only where POSTs do not
+    /// overlap: concurrent POSTs (several URLs, or a rate above 1 / POST
+    /// latency) are legitimately accepted in any order. `order_disagreements`
+    /// holds in every case.
     pub order_violations: u64,
+    /// Eligible clients that saw every 2xx event exactly once, but in an order
+    /// different from the most common order among such clients (the contract
+    /// is that every client sees the same events in the same order).
+    pub order_disagreements: u64,
     /// Token-bearing events whose seq this run never published.
     pub foreign: u64,
 }
@@ -195,13 +201,14 @@ impl fmt::Display for Report {
         )?;
         writeln!(
             f,
-            "deliveries    {}  ({:.0}/s)  expected {}  missing {}  duplicates {}  order violations {}{}",
+            "deliveries    {}  ({:.0}/s)  expected {}  missing {}  duplicates {}  order: {} violations, {} disagreements{}",
             d.total,
             d.per_sec,
             d.expected,
             d.missing,
             d.duplicates,
             d.order_violations,
+            d.order_disagreements,
             if d.foreign > 0 {
                 format!("  foreign {}", d.foreign)
             } else {

@@ -123,7 +123,7 @@ pub(crate) fn token_seq(line: &[u8], token: &Finder<'_>) -> Option<u64> {
 }
 
 /// What one client saw.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct ClientOutcome {
     /// When the response headers (2xx) arrived, ns since `t0`.
     pub connected_ns: Option<u64>,
@@ -143,7 +143,31 @@ pub(crate) struct ClientOutcome {
     pub last_delivery_ns: u64,
     /// Bit `seq` set once seq was seen.
     pub seen: Vec<u64>,
+    /// Order-sensitive hash (FNV-1a over seqs) of everything seen, in order:
+    /// clients that saw the same events in the same order agree on it.
+    pub order_hash: u64,
     last_seq: Option<u64>,
+}
+
+/// FNV-1a offset basis: `order_hash` of a client that saw nothing.
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+impl Default for ClientOutcome {
+    fn default() -> Self {
+        Self {
+            connected_ns: None,
+            error: None,
+            dropped: false,
+            deliveries: 0,
+            duplicates: 0,
+            order_violations: 0,
+            foreign: 0,
+            last_delivery_ns: 0,
+            seen: Vec::new(),
+            order_hash: FNV_OFFSET,
+            last_seq: None,
+        }
+    }
 }
 
 impl ClientOutcome {
@@ -168,6 +192,7 @@ impl ClientOutcome {
             self.order_violations += 1;
         }
         self.last_seq = Some(seq);
+        self.order_hash = (self.order_hash ^ seq).wrapping_mul(0x0100_0000_01b3);
         let sent = sent.load(Ordering::Relaxed);
         if sent != 0 {
             latencies.push(now_ns.saturating_sub(sent) / 1000);
@@ -366,5 +391,29 @@ mod tests {
         assert_eq!(out.foreign, 1);
         assert_eq!(lat, [3000; 5]);
         assert_eq!(out.seen, [0b1111]);
+    }
+
+    #[test]
+    fn order_hash_depends_on_order() {
+        let shared = Shared {
+            t0: Instant::now(),
+            send_ns: (0..10).map(|_| AtomicU64::new(0)).collect(),
+            token: Finder::new(b"x").into_owned(),
+            latency: vec![Mutex::new(new_histogram())].into_boxed_slice(),
+            deliveries: AtomicU64::new(0),
+            connected: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            stop: CancellationToken::new(),
+        };
+        let hash = |seqs: &[u64]| {
+            let mut out = ClientOutcome::default();
+            for &seq in seqs {
+                out.on_seq(seq, 0, &shared, &mut Vec::new());
+            }
+            out.order_hash
+        };
+        assert_eq!(hash(&[1, 2, 3]), hash(&[1, 2, 3]));
+        assert_ne!(hash(&[1, 2, 3]), hash(&[2, 1, 3]));
+        assert_ne!(hash(&[]), hash(&[0]));
     }
 }
