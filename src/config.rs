@@ -141,6 +141,11 @@ pub struct Config {
     #[arg(long, env = "HEADER_READ_TIMEOUT_SECS", default_value_t = DEFAULT_HEADER_READ_TIMEOUT_SECS,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub header_read_timeout_secs: u64,
+    /// Batches of events the local broadcast buffers before a slow client
+    /// lags and is caught up from history (memory vs. history reads).
+    #[arg(long, env = "BROADCAST_CAPACITY", default_value_t = crate::hub::BROADCAST_CAPACITY,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_048_576))]
+    pub broadcast_capacity: usize,
     /// Directory of the web page served at `/`.
     #[arg(long, env = "WEB_DIR", default_value = "web")]
     pub web_dir: std::path::PathBuf,

@@ -4,15 +4,62 @@
 
 use std::sync::{Arc, Mutex};
 
+use bytes::{Bytes, BytesMut};
 use tokio::sync::{broadcast, OwnedSemaphorePermit, Semaphore};
 
-use crate::model::{EventId, Frame};
+use crate::model::{EventId, Frame, FrameKind};
 
-/// Frames the broadcast buffer holds before a slow receiver lags. At ~1 KiB a
-/// frame this is a few MiB shared by all clients (frames are `Arc`s); a client
-/// that falls further behind is caught up from history, so the number trades
-/// memory for how often catch-up reads hit the bus.
+/// Default number of batches the broadcast buffer holds before a slow
+/// receiver lags (`BROADCAST_CAPACITY`). A batch is usually one event (~1 KiB)
+/// and at most [`MAX_BATCH_BYTES`] under load; batches are shared by all
+/// clients (`Arc`). A client that falls further behind is caught up from
+/// history, so the number trades memory for how often catch-up reads hit the bus.
 pub const BROADCAST_CAPACITY: usize = 4096;
+
+/// Largest batch, in bytes of encoded frames: bounds one write and, with the
+/// capacity, the broadcast buffer's memory (4096 × 16 KiB = 64 MiB at worst).
+pub const MAX_BATCH_BYTES: usize = 16 * 1024;
+
+/// Frames that go to every client together, in order: one wake-up and, when
+/// the client is not at a resume seam, one write of `bytes` per client
+/// however many events it holds. Built once per instance.
+#[derive(Debug)]
+pub struct Batch {
+    /// The frames, for clients that need to skip some (resume seam).
+    pub frames: Vec<Frame>,
+    /// Every frame's bytes joined: what a client usually writes.
+    pub bytes: Bytes,
+    /// Id of the first event in the batch, if any.
+    pub first_id: Option<EventId>,
+    /// Id of the last event in the batch, if any.
+    pub last_id: Option<EventId>,
+    /// Number of `event: reset` frames (for `sse_resets_total`).
+    pub resets: u64,
+}
+
+impl Batch {
+    /// Joins `frames` (ids increasing) into one batch; a single frame's bytes
+    /// are shared, not copied.
+    pub fn new(frames: Vec<Frame>) -> Self {
+        let bytes = match frames.as_slice() {
+            [one] => one.bytes.clone(),
+            many => {
+                let mut joined = BytesMut::with_capacity(many.iter().map(|f| f.bytes.len()).sum());
+                for frame in many {
+                    joined.extend_from_slice(&frame.bytes);
+                }
+                joined.freeze()
+            }
+        };
+        Self {
+            first_id: frames.iter().find_map(Frame::id),
+            last_id: frames.iter().rev().find_map(Frame::id),
+            resets: frames.iter().filter(|f| f.kind == FrameKind::Reset).count() as u64,
+            frames,
+            bytes,
+        }
+    }
+}
 
 /// The fan-out point of one instance. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -23,7 +70,7 @@ pub struct Hub {
 #[derive(Debug)]
 struct Inner {
     /// Sender half; receivers are created per client by [`Hub::subscribe`].
-    events_tx: broadcast::Sender<Arc<Frame>>,
+    events_tx: broadcast::Sender<Arc<Batch>>,
     /// Id of the last event sent into the broadcast. Held under the same lock
     /// as `send`, so a new receiver and this cursor always agree: the client
     /// has seen nothing at or before the cursor and will receive everything
@@ -48,9 +95,10 @@ impl Drop for ClientPermit {
 }
 
 impl Hub {
-    /// A hub for at most `max_clients` concurrent streams.
-    pub fn new(max_clients: usize) -> Self {
-        let (events_tx, _) = broadcast::channel(BROADCAST_CAPACITY);
+    /// A hub for at most `max_clients` concurrent streams whose broadcast
+    /// buffer holds `capacity` batches.
+    pub fn new(max_clients: usize, capacity: usize) -> Self {
+        let (events_tx, _) = broadcast::channel(capacity.max(1));
         Self {
             inner: Arc::new(Inner {
                 events_tx,
@@ -61,21 +109,44 @@ impl Hub {
         }
     }
 
-    /// Sends a frame to every local stream. Having no receivers is normal.
+    /// Sends one frame to every local stream. Having no receivers is normal.
     pub fn send(&self, frame: Frame) {
-        let frame = Arc::new(frame);
+        self.send_frames(vec![frame]);
+    }
+
+    /// Sends frames (event ids increasing) to every local stream, in batches
+    /// of at most [`MAX_BATCH_BYTES`].
+    pub fn send_frames(&self, frames: Vec<Frame>) {
+        let mut batch = Vec::new();
+        let mut size = 0;
+        for frame in frames {
+            if size + frame.bytes.len() > MAX_BATCH_BYTES && !batch.is_empty() {
+                self.send_batch(Batch::new(std::mem::take(&mut batch)));
+                size = 0;
+            }
+            size += frame.bytes.len();
+            batch.push(frame);
+        }
+        if !batch.is_empty() {
+            self.send_batch(Batch::new(batch));
+        }
+    }
+
+    fn send_batch(&self, batch: Batch) {
+        let events = batch.frames.len() as u64;
+        let batch = Arc::new(batch);
         let mut cursor = lock(&self.inner.cursor);
-        if let Some(id) = frame.id() {
+        if let Some(id) = batch.last_id {
             *cursor = Some(id);
         }
-        let receivers = self.inner.events_tx.send(frame).unwrap_or(0);
+        let receivers = self.inner.events_tx.send(batch).unwrap_or(0);
         drop(cursor);
-        metrics::counter!(crate::metrics::EVENTS_DELIVERED).increment(receivers as u64);
+        metrics::counter!(crate::metrics::EVENTS_DELIVERED).increment(receivers as u64 * events);
     }
 
     /// A new receiver and the id of the last event sent before it existed
     /// (`None` if none since start-up and none seeded by [`Hub::seed_cursor`]).
-    pub fn subscribe(&self) -> (broadcast::Receiver<Arc<Frame>>, Option<EventId>) {
+    pub fn subscribe(&self) -> (broadcast::Receiver<Arc<Batch>>, Option<EventId>) {
         let cursor = lock(&self.inner.cursor);
         (self.inner.events_tx.subscribe(), *cursor)
     }
@@ -120,9 +191,32 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn batches_join_frames_and_split_by_size() {
+        let id = |ms| EventId { ms, seq: 0 };
+        let batch = Batch::new(vec![
+            Frame::event(id(1), "{}"),
+            Frame::foreign("{}"),
+            Frame::event(id(2), "{}"),
+        ]);
+        assert_eq!((batch.first_id, batch.last_id), (Some(id(1)), Some(id(2))));
+        assert_eq!(
+            &batch.bytes[..],
+            b"id: 1-0\ndata: {}\n\ndata: {}\n\nid: 2-0\ndata: {}\n\n"
+        );
+        let hub = Hub::new(1, 64);
+        let (mut rx, _) = hub.subscribe();
+        let big = "x".repeat(MAX_BATCH_BYTES / 2);
+        hub.send_frames((1..=3).map(|ms| Frame::event(id(ms), &big)).collect());
+        assert_eq!(rx.try_recv().unwrap().frames.len(), 1);
+        assert_eq!(rx.try_recv().unwrap().frames.len(), 1);
+        assert_eq!(rx.try_recv().unwrap().last_id, Some(id(3)));
+        assert_eq!(hub.cursor(), Some(id(3)));
+    }
+
     #[tokio::test]
     async fn subscribe_reports_the_cursor_it_joined_at() {
-        let hub = Hub::new(2);
+        let hub = Hub::new(2, 16);
         let (_rx0, c0) = hub.subscribe();
         assert_eq!(c0, None);
         hub.send(Frame::event(EventId { ms: 1, seq: 0 }, "{}"));
@@ -139,7 +233,7 @@ mod tests {
 
     #[test]
     fn admits_at_most_max_clients() {
-        let hub = Hub::new(2);
+        let hub = Hub::new(2, 16);
         let a = hub.try_admit().unwrap();
         let _b = hub.try_admit().unwrap();
         assert!(hub.try_admit().is_none());

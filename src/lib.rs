@@ -47,7 +47,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let metrics = metrics::install();
-    let hub = Hub::new(config.max_sse_clients);
+    let hub = Hub::new(config.max_sse_clients, config.broadcast_capacity);
     let tracker = TaskTracker::new();
     let bus = match config.redis_url() {
         Some(url) => {

@@ -128,7 +128,7 @@ mod tests {
 
     #[test]
     fn ids_increase_and_history_is_capped() {
-        let bus = MemoryBus::new(Hub::new(1), "s", 3);
+        let bus = MemoryBus::new(Hub::new(1, 16), "s", 3);
         for i in 0..5 {
             bus.create_account(format!("n{i}"), i).unwrap();
         }

@@ -20,7 +20,7 @@ use tokio::sync::broadcast::{self, error::TryRecvError};
 use crate::{
     bus::{History, HISTORY_PAGE},
     error::ApiError,
-    hub::ClientPermit,
+    hub::{Batch, ClientPermit},
     metrics::SSE_RESETS,
     model::{EventId, Frame, FrameKind},
     state::AppState,
@@ -31,14 +31,6 @@ use crate::{
 /// per event falls far below one syscall; the bound keeps one chunk's copy
 /// small and lets other clients' tasks run in between.
 pub const MAX_CHUNK_BYTES: usize = 64 * 1024;
-
-/// Least time between two event writes to one client. An event that arrives
-/// sooner after the previous write waits for the rest of this window, so
-/// everything that arrives meanwhile goes out in the same write: at high rates
-/// a client costs one wake-up and one syscall per window instead of per event
-/// (a loopback write that wakes a reader costs ~5 µs). An event after a quiet
-/// spell is written at once, so latency grows only under load, by at most this.
-pub const MIN_WRITE_INTERVAL: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Seconds suggested in `Retry-After` when the instance is full.
 const FULL_RETRY_AFTER_SECS: u64 = 5;
@@ -147,6 +139,26 @@ impl Cursor {
         }
         out.push(&frame.bytes);
     }
+
+    /// Appends a batch: its joined bytes as they are when every event in it
+    /// is new to this client (the usual case), frame by frame otherwise.
+    fn take_batch(&mut self, batch: &Batch, out: &mut Chunk) {
+        let all_new = match (self.last, batch.first_id) {
+            (Some(last), Some(first)) => first > last,
+            _ => true,
+        };
+        if all_new {
+            if batch.resets > 0 {
+                metrics::counter!(SSE_RESETS).increment(batch.resets);
+            }
+            self.last = batch.last_id.or(self.last);
+            out.push(&batch.bytes);
+        } else {
+            for frame in &batch.frames {
+                self.take(frame, out);
+            }
+        }
+    }
 }
 
 /// Bytes for one write: zero-copy for a single frame, one buffer for many.
@@ -231,7 +243,7 @@ fn reset(reason: &str) -> Bytes {
 /// What woke the stream.
 enum Wake {
     Shutdown,
-    Frame(Result<Arc<Frame>, broadcast::error::RecvError>),
+    Frame(Result<Arc<Batch>, broadcast::error::RecvError>),
     KeepAlive,
 }
 
@@ -277,9 +289,6 @@ fn event_stream(
 
         let keepalive = state.config.keepalive();
         let mut keepalive_timer = pin!(tokio::time::sleep(keepalive));
-        let mut last_write = tokio::time::Instant::now()
-            .checked_sub(MIN_WRITE_INTERVAL)
-            .unwrap_or_else(tokio::time::Instant::now);
         let shutdown = state.shutdown.clone();
         let mut shutdown = pin!(shutdown.cancelled_owned());
         loop {
@@ -296,22 +305,12 @@ fn event_stream(
                 Wake::Frame(Err(broadcast::error::RecvError::Closed)) => break,
                 Wake::Frame(Err(broadcast::error::RecvError::Lagged(_))) => lagged = true,
                 Wake::Frame(Ok(frame)) => {
-                    let since = last_write.elapsed();
-                    if since < MIN_WRITE_INTERVAL {
-                        // Not waiting on the receiver meanwhile: the broadcast
-                        // queues frames without waking this task.
-                        tokio::select! {
-                            biased;
-                            () = &mut shutdown => break,
-                            () = tokio::time::sleep(MIN_WRITE_INTERVAL - since) => {}
-                        }
-                    }
                     let mut chunk = Chunk::default();
-                    cursor.take(&frame, &mut chunk);
+                    cursor.take_batch(&frame, &mut chunk);
                     // Coalesce whatever else is already queued into this write.
                     while chunk.len() < MAX_CHUNK_BYTES {
                         match rx.try_recv() {
-                            Ok(frame) => cursor.take(&frame, &mut chunk),
+                            Ok(batch) => cursor.take_batch(&batch, &mut chunk),
                             Err(TryRecvError::Lagged(_)) => {
                                 lagged = true;
                                 break;
@@ -322,7 +321,6 @@ fn event_stream(
                     if let Some(bytes) = chunk.take() {
                         yield Ok(bytes);
                     }
-                    last_write = tokio::time::Instant::now();
                 }
             }
             if lagged {

@@ -255,7 +255,8 @@ async fn a_client_that_never_reads_is_dropped_after_the_send_timeout() {
 /// fill the server's socket send buffer (autotuned up to `tcp_wmem` max,
 /// read from /proc), hyper's write buffer (≤ ~400 KiB) and the client's tiny
 /// receive buffer — counted at a conservative 600 bytes an event, though
-/// each is ~0.8 KiB — plus the 4096-frame broadcast and a margin. The lag is
+/// each is ~0.8 KiB — plus the broadcast buffer ([`LAG_CAPACITY`] batches of
+/// at most 16 KiB each, at worst 2 MiB of ~600-byte events) and a margin. The lag is
 /// only discovered when the stream is polled again, so the tests assert the
 /// server's lag log line after reading.
 fn events_to_lag() -> usize {
@@ -263,8 +264,12 @@ fn events_to_lag() -> usize {
         .ok()
         .and_then(|s| s.split_whitespace().nth(2)?.parse().ok())
         .unwrap_or(4 << 20);
-    (wmem_max + (1 << 20)) / 600 + 4096 + 1000
+    (wmem_max + (1 << 20) + LAG_CAPACITY * 16 * 1024) / 600 + 1000
 }
+
+/// `BROADCAST_CAPACITY` for the lag tests: small, so that lagging does not
+/// depend on how many events the subscriber happens to batch together.
+const LAG_CAPACITY: usize = 64;
 
 /// The debug line `routes::events` logs when a stream lags the broadcast.
 const LAGGED_LOG: &str = "client lagged; catching up from history";
@@ -280,6 +285,7 @@ async fn paused_client_setup(
         ("REDIS_URL", url.as_str()),
         ("SERVER_ID", "backend-1"),
         ("SSE_SEND_TIMEOUT_SECS", "600"),
+        ("BROADCAST_CAPACITY", "64"),
         ("RUST_LOG", "info,sse_fanout::routes::events=debug"),
     ];
     all.extend_from_slice(env);
@@ -296,8 +302,7 @@ async fn paused_client_setup(
     (server, paused, reference)
 }
 
-/// A client that stops reading until it has lagged the 4096-frame
-/// broadcast, and then reads again, gets every event exactly once, in order:
+/// A client that stops reading until it has lagged the broadcast buffer, and then reads again, gets every event exactly once, in order:
 /// caught up from history (then live again for a last batch).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lagging_client_is_caught_up_from_history() {
