@@ -224,7 +224,7 @@ mod tests {
         assert_eq!(c1, Some(EventId { ms: 1, seq: 0 }));
         hub.send(Frame::event(EventId { ms: 2, seq: 0 }, "{}"));
         assert_eq!(
-            rx1.recv().await.unwrap().id(),
+            rx1.recv().await.unwrap().last_id,
             Some(EventId { ms: 2, seq: 0 })
         );
         hub.seed_cursor(EventId { ms: 1, seq: 5 });
