@@ -107,6 +107,9 @@ pub(super) async fn run(bus: RedisBus, hub: Hub, shutdown: CancellationToken) {
                         }
                     }
                     if !batch.frames.is_empty() {
+                        // Counted when handed on, so the counter never runs ahead
+                        // of what local clients can see.
+                        metrics::counter!(EVENTS_RECEIVED).increment(batch.frames.len() as u64);
                         hub.send_frames(batch.frames);
                         last_send = Instant::now();
                     }
@@ -218,7 +221,6 @@ impl Batch {
             );
             return;
         }
-        metrics::counter!(EVENTS_RECEIVED).increment(1);
         let id = map
             .get("id")
             .and_then(serde_json::Value::as_str)
