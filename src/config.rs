@@ -27,6 +27,8 @@ pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 10;
 pub const DEFAULT_SSE_SEND_TIMEOUT_SECS: u64 = 30;
 /// Default `REQUEST_TIMEOUT_SECS`, in seconds.
 pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 10;
+/// Default `SSE_BATCH_WINDOW_MS`, in milliseconds.
+pub const DEFAULT_SSE_BATCH_WINDOW_MS: u64 = 20;
 /// Default `HEADER_READ_TIMEOUT_SECS`, in seconds.
 pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 10;
 
@@ -141,6 +143,12 @@ pub struct Config {
     #[arg(long, env = "HEADER_READ_TIMEOUT_SECS", default_value_t = DEFAULT_HEADER_READ_TIMEOUT_SECS,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub header_read_timeout_secs: u64,
+    /// Under load, events arriving within this many ms of the previous send
+    /// go to clients together (one write each); 0 sends every event at once.
+    /// The first event after a quiet spell is never delayed.
+    #[arg(long, env = "SSE_BATCH_WINDOW_MS", default_value_t = DEFAULT_SSE_BATCH_WINDOW_MS,
+          value_parser = clap::value_parser!(u64).range(0..=1000))]
+    pub sse_batch_window_ms: u64,
     /// Batches of events the local broadcast buffers before a slow client
     /// lags and is caught up from history (memory vs. history reads).
     #[arg(long, env = "BROADCAST_CAPACITY", default_value_t = crate::hub::BROADCAST_CAPACITY,

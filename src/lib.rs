@@ -58,7 +58,12 @@ pub async fn run(
                 &config.server_id,
             )?;
             tracing::info!(redis = %config::redact_url(&url), "using the redis bus at {}", config::redact_url(&url));
-            bus.spawn_subscriber(hub.clone(), shutdown.child_token(), &tracker);
+            bus.spawn_subscriber(
+                hub.clone(),
+                Duration::from_millis(config.sse_batch_window_ms),
+                shutdown.child_token(),
+                &tracker,
+            );
             Bus::Redis(bus)
         }
         None => {

@@ -104,15 +104,22 @@ impl RedisBus {
         })
     }
 
-    /// Starts the one subscriber task of this instance (SPEC §1). It runs
-    /// until `shutdown` fires.
+    /// Starts the one subscriber task of this instance (SPEC §1), batching
+    /// events within `batch_window` (`SSE_BATCH_WINDOW_MS`). It runs until
+    /// `shutdown` fires.
     pub fn spawn_subscriber(
         &self,
         hub: Hub,
+        batch_window: Duration,
         shutdown: CancellationToken,
         tracker: &tokio_util::task::TaskTracker,
     ) {
-        tracker.spawn(super::subscriber::run(self.clone(), hub, shutdown));
+        tracker.spawn(super::subscriber::run(
+            self.clone(),
+            hub,
+            batch_window,
+            shutdown,
+        ));
     }
 
     pub(super) fn client(&self) -> &redis::Client {

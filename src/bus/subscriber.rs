@@ -17,12 +17,6 @@ use crate::{
 
 /// First reconnect delay; doubles per failed attempt up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
-/// After sending a batch to the hub, the subscriber gathers messages for up
-/// to this long before the next send, so that under load every client gets
-/// one wake-up and one write per window instead of per event (a loopback
-/// write that wakes a reader costs ~5 µs of CPU). The first event after a
-/// quiet spell is sent at once: latency grows only under load, by at most this.
-pub const BATCH_WINDOW: Duration = Duration::from_millis(5);
 /// Cap on the reconnect delay (SPEC §2: "capped exponential backoff (≤ 5 s)").
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -43,7 +37,20 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 ///
 /// A malformed message is logged at `warn` and dropped; nothing a publisher
 /// sends ends the loop (SPEC §4).
-pub(super) async fn run(bus: RedisBus, hub: Hub, shutdown: CancellationToken) {
+///
+/// Batching: after sending a batch to the hub, the subscriber gathers
+/// messages for up to `batch_window` before the next send, so that under
+/// load every client gets one wake-up and one write per window instead of
+/// per event (a loopback write that wakes a reader costs ~5 µs of CPU). The
+/// first event after a quiet spell is sent at once, and while batches hold
+/// single events the window is a quarter as long: latency grows only under
+/// load, by at most the window.
+pub(super) async fn run(
+    bus: RedisBus,
+    hub: Hub,
+    batch_window: Duration,
+    shutdown: CancellationToken,
+) {
     let mut backoff = MIN_BACKOFF;
     let mut connected_before = false;
     loop {
@@ -73,8 +80,9 @@ pub(super) async fn run(bus: RedisBus, hub: Hub, shutdown: CancellationToken) {
                 bus.set_subscribed(true);
                 let mut messages = pubsub.into_on_message();
                 // Start "quiet", so the first event goes out at once.
+                let mut last_batch_len = 0;
                 let mut last_send = Instant::now()
-                    .checked_sub(BATCH_WINDOW)
+                    .checked_sub(batch_window)
                     .unwrap_or_else(Instant::now);
                 loop {
                     let msg = tokio::select! {
@@ -84,9 +92,17 @@ pub(super) async fn run(bus: RedisBus, hub: Hub, shutdown: CancellationToken) {
                     let Some(msg) = msg else { break };
                     let mut batch = Batch::default();
                     batch.push(&hub, msg.get_payload_bytes());
-                    // Within BATCH_WINDOW of the previous send, wait out the
+                    // Within the batch window of the previous send, wait out the
                     // window gathering what arrives; then take what is ready.
-                    let deadline = last_send + BATCH_WINDOW;
+                    // Light load (the last batch was one event): a quarter
+                    // window, so isolated events stay fast; sustained load:
+                    // the full window, so writes per client stay few.
+                    let window = if last_batch_len > 1 {
+                        batch_window
+                    } else {
+                        batch_window / 4
+                    };
+                    let deadline = last_send + window;
                     let mut ended = false;
                     while batch.bytes < MAX_BATCH_BYTES {
                         let next = if Instant::now() < deadline {
@@ -110,6 +126,7 @@ pub(super) async fn run(bus: RedisBus, hub: Hub, shutdown: CancellationToken) {
                         // Counted when handed on, so the counter never runs ahead
                         // of what local clients can see.
                         metrics::counter!(EVENTS_RECEIVED).increment(batch.frames.len() as u64);
+                        last_batch_len = batch.frames.len();
                         hub.send_frames(batch.frames);
                         last_send = Instant::now();
                     }
