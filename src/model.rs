@@ -72,6 +72,20 @@ pub struct Account {
     pub server_id: String,
 }
 
+impl Account {
+    /// A new account accepted now by `server_id`: a fresh UUID v7 and the
+    /// current time as `createdAt`.
+    pub fn new(name: String, balance: u64, server_id: &str) -> Self {
+        Self {
+            id: uuid::Uuid::now_v7(),
+            name,
+            balance,
+            created_at: now_rfc3339_ms(),
+            server_id: server_id.to_owned(),
+        }
+    }
+}
+
 /// The `POST /accounts` body before validation. Unknown fields are rejected.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]

@@ -52,15 +52,8 @@ impl MemoryBus {
         name: String,
         balance: u64,
     ) -> Result<Account, super::BusError> {
-        let created_at = model::now_rfc3339_ms();
-        let account = Account {
-            id: uuid::Uuid::now_v7(),
-            name,
-            balance,
-            created_at: created_at.clone(),
-            server_id: self.server_id.to_string(),
-        };
-        let tail = model::event_tail(&account, &self.server_id, &created_at)
+        let account = Account::new(name, balance, &self.server_id);
+        let tail = model::event_tail(&account, &self.server_id, &account.created_at)
             .map_err(|err| super::BusError::Corrupt(err.to_string()))?;
         let mut state = self
             .state

@@ -165,17 +165,10 @@ impl RedisBus {
         balance: u64,
     ) -> Result<Account, BusError> {
         let mut conn = self.commands()?;
-        let created_at = model::now_rfc3339_ms();
-        let account = Account {
-            id: uuid::Uuid::now_v7(),
-            name,
-            balance,
-            created_at: created_at.clone(),
-            server_id: self.inner.server_id.clone(),
-        };
+        let account = Account::new(name, balance, &self.inner.server_id);
         let account_json =
             serde_json::to_string(&account).map_err(|e| BusError::Corrupt(e.to_string()))?;
-        let tail = model::event_tail(&account, &self.inner.server_id, &created_at)
+        let tail = model::event_tail(&account, &self.inner.server_id, &account.created_at)
             .map_err(|e| BusError::Corrupt(e.to_string()))?;
         let mut invocation = self.inner.script.key(account_key(account.id));
         invocation

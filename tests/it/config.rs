@@ -40,7 +40,7 @@ async fn run(mut command: Command) -> (Option<i32>, String, String) {
 }
 
 /// Every variable of SPEC §2 and its default (`None`: unset by default).
-const SETTINGS: &[(&str, Option<&str>)] = &[
+pub(crate) const SETTINGS: &[(&str, Option<&str>)] = &[
     ("SERVER_ID", Some("backend-1")),
     ("HOST", Some("0.0.0.0")),
     ("PORT", Some("3000")),

@@ -673,28 +673,17 @@ fn env_example_lists_every_setting() {
         .filter_map(|l| l.split_once('=').map(|(k, _)| k))
         .filter(|k| !k.is_empty() && k.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
         .collect();
-    for (name, default) in [
-        ("SERVER_ID", Some("backend-1")),
-        ("HOST", Some("0.0.0.0")),
-        ("PORT", Some("3000")),
-        ("REDIS_URL", None),
-        ("REDIS_HOST", None),
-        ("REDIS_PORT", Some("6379")),
-        ("REDIS_PASSWORD", None),
-        ("EVENTS_CHANNEL", Some("user-events")),
-        ("SSE_KEEPALIVE_SECS", Some("15")),
-        ("SSE_RETRY_MS", Some("3000")),
-        ("EVENT_HISTORY_LEN", Some("10000")),
-        ("MAX_SSE_CLIENTS", Some("50000")),
-        ("MAX_BODY_BYTES", Some("16384")),
-        ("CORS_ALLOWED_ORIGINS", None),
-        ("SHUTDOWN_GRACE_SECS", Some("10")),
-        ("LOG_FORMAT", Some("text")),
+    // SPEC §2's settings plus the ones this server adds.
+    let extra: [(&str, Option<&str>); 7] = [
         ("PUBLISH_TOKEN", None),
         ("SSE_SEND_TIMEOUT_SECS", Some("30")),
         ("REQUEST_TIMEOUT_SECS", Some("10")),
         ("HEADER_READ_TIMEOUT_SECS", Some("10")),
-    ] {
+        ("SSE_BATCH_WINDOW_MS", Some("20")),
+        ("BROADCAST_CAPACITY", Some("4096")),
+        ("WEB_DIR", Some("web")),
+    ];
+    for (name, default) in crate::config::SETTINGS.iter().copied().chain(extra) {
         assert!(defined.contains(&name), "env.example lacks {name}");
         let assignment = format!("{name}=");
         match default {

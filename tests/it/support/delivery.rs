@@ -19,6 +19,7 @@ use tokio::{
     net::{TcpSocket, TcpStream},
 };
 
+pub use super::redis_inspect::history_ids;
 use super::{post_account, SseClient, TestApp, TestRedis};
 
 /// The Redis stream holding history for the default channel (SPEC §4).
@@ -152,17 +153,6 @@ pub async fn assert_quiet(client: &mut SseClient, quiet: Duration) {
     if let Some(got) = next_got(client, quiet).await {
         panic!("expected nothing more, got {got:?}");
     }
-}
-
-/// Every history id, oldest first (`XRANGE <history> - +`).
-pub fn history_ids(redis: &TestRedis) -> Vec<String> {
-    let entries: Vec<(String, Vec<String>)> = ::redis::cmd("XRANGE")
-        .arg(HISTORY_KEY)
-        .arg("-")
-        .arg("+")
-        .query(&mut redis.conn())
-        .unwrap();
-    entries.into_iter().map(|(id, _)| id).collect()
 }
 
 /// Posts `n` accounts from `concurrency` tasks, spread over `bases` round
