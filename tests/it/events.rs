@@ -295,26 +295,13 @@ async fn memory_bus_end_to_end_with_resume() {
     }
 
     let id = created[1]["id"].as_str().unwrap();
-    let read: Value = http
-        .get(format!("{}/accounts/{id}", app.base()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let read: Value =
+        crate::support::get_json(&http, &format!("{}/accounts/{id}", app.base())).await;
     assert_eq!(read, created[1]);
 
     // Resume after the first event: exactly the second and third, then live.
     let (mut resumed, _) = SseClient::open(&sse, Some(&ids[0])).await;
-    let health: Value = http
-        .get(format!("{}/health", app.base()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = crate::support::get_json(&http, &format!("{}/health", app.base())).await;
     assert_eq!(health["sseClients"], 2, "{health}");
     let replay = resumed.messages(2, Duration::from_secs(5)).await;
     assert_eq!(checked_ids("resumed", &replay), ids[1..]);

@@ -45,14 +45,7 @@ fn big_json(len: usize) -> String {
 
 /// Reads `/health` `sseClients`.
 async fn sse_clients(http: &reqwest::Client, base: &str) -> u64 {
-    let health: serde_json::Value = http
-        .get(format!("{base}/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: serde_json::Value = crate::support::get_json(http, &format!("{base}/health")).await;
     health["sseClients"].as_u64().unwrap()
 }
 

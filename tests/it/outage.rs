@@ -151,14 +151,7 @@ async fn redis_killed_and_restarted_old_streams_survive_and_receive_new_events()
     }
     // The `before` account died with Redis; the new one reads back anywhere.
     let id = after["id"].as_str().unwrap();
-    let read: Value = http
-        .get(format!("{}/accounts/{id}", a.base()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let read: Value = crate::support::get_json(&http, &format!("{}/accounts/{id}", a.base())).await;
     assert_eq!(read, after);
     a.shutdown().await;
     b.shutdown().await;

@@ -63,3 +63,8 @@ pub async fn post_account(
     let body = response.json().await.unwrap_or(serde_json::Value::Null);
     (status, body)
 }
+
+/// `GET url` and its body as JSON (any status).
+pub async fn get_json(http: &reqwest::Client, url: &str) -> serde_json::Value {
+    http.get(url).send().await.unwrap().json().await.unwrap()
+}
