@@ -368,18 +368,23 @@ mod tests {
         assert_eq!(token_seq(b"data: {\"serverId\":\"a\"}", &token), None);
     }
 
-    #[test]
-    fn counts_duplicates_order_and_foreign() {
-        let shared = Shared {
+    /// State for 10 events all sent at `send_ns`, token `x`.
+    fn test_shared(send_ns: u64) -> Shared {
+        Shared {
             t0: Instant::now(),
-            send_ns: (0..10).map(|_| AtomicU64::new(1_000)).collect(),
+            send_ns: (0..10).map(|_| AtomicU64::new(send_ns)).collect(),
             token: Finder::new(b"x").into_owned(),
             latency: vec![Mutex::new(new_histogram())].into_boxed_slice(),
             deliveries: AtomicU64::new(0),
             connected: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             stop: CancellationToken::new(),
-        };
+        }
+    }
+
+    #[test]
+    fn counts_duplicates_order_and_foreign() {
+        let shared = test_shared(1_000);
         let mut out = ClientOutcome::default();
         let mut lat = Vec::new();
         for seq in [0, 1, 3, 2, 3, 99] {
@@ -395,16 +400,7 @@ mod tests {
 
     #[test]
     fn order_hash_depends_on_order() {
-        let shared = Shared {
-            t0: Instant::now(),
-            send_ns: (0..10).map(|_| AtomicU64::new(0)).collect(),
-            token: Finder::new(b"x").into_owned(),
-            latency: vec![Mutex::new(new_histogram())].into_boxed_slice(),
-            deliveries: AtomicU64::new(0),
-            connected: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
-            stop: CancellationToken::new(),
-        };
+        let shared = test_shared(0);
         let hash = |seqs: &[u64]| {
             let mut out = ClientOutcome::default();
             for &seq in seqs {
