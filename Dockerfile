@@ -33,8 +33,7 @@ RUN apt-get update \
 
 WORKDIR /app
 COPY --from=builder /usr/local/bin/sse-fanout /usr/local/bin/sse-fanout
-# The page served at `/` (SPEC §6), read relative to the working directory.
-COPY --chown=root:root web/ /app/web/
+# The page served at `/` (SPEC §6) is built into the binary: no web/ to copy.
 
 ENV HOST=0.0.0.0 \
     PORT=3000 \

@@ -154,12 +154,17 @@ pub struct Config {
     #[arg(long, env = "BROADCAST_CAPACITY", default_value_t = crate::hub::BROADCAST_CAPACITY,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=1_048_576))]
     pub broadcast_capacity: usize,
-    /// Directory of the web page served at `/`.
-    #[arg(long, env = "WEB_DIR", default_value = "web")]
-    pub web_dir: std::path::PathBuf,
+    /// Directory of the web page served at `/`; unset: the page built into the binary.
+    #[arg(long, env = "WEB_DIR")]
+    pub web_dir: Option<std::path::PathBuf>,
     /// When set, POST /accounts requires `Authorization: Bearer <token>`.
     #[arg(long, env = "PUBLISH_TOKEN", hide_env_values = true)]
     pub publish_token: Option<String>,
+    /// A second listener that serves only `GET /metrics` (e.g. `127.0.0.1:9100`),
+    /// so Prometheus can scrape a port that is never exposed. Unset: none;
+    /// `/metrics` stays on the main port either way.
+    #[arg(long, env = "METRICS_ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl Config {

@@ -90,7 +90,10 @@ pub async fn run(
         started_at: std::time::Instant::now(),
         metrics,
     };
-    let app = app(state, &web_dir);
+    if let Some(metrics_addr) = state.config.metrics_addr {
+        serve_metrics(metrics_addr, state.clone(), shutdown.clone(), &tracker).await?;
+    }
+    let app = app(state, web_dir.as_deref());
     let addr = listener.local_addr()?;
     tracing::info!(server.id = %server_id, "listening on http://{addr}");
 
@@ -114,7 +117,38 @@ pub async fn run(
     Ok(())
 }
 
-/// The whole HTTP application for `state`, without a socket (for router-level tests).
-pub fn app(state: AppState, web_dir: &std::path::Path) -> axum::Router {
+/// Binds `METRICS_ADDR` and serves [`routes::metrics_only`] there until
+/// `shutdown` fires. A scrape is short, so no drain is needed beyond axum's own.
+///
+/// # Errors
+/// When the address cannot be bound (in use, not local): the process then
+/// exits instead of running without the scrape port the operator asked for.
+async fn serve_metrics(
+    addr: std::net::SocketAddr,
+    state: AppState,
+    shutdown: CancellationToken,
+    tracker: &TaskTracker,
+) -> anyhow::Result<()> {
+    use anyhow::Context as _;
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on METRICS_ADDR={addr}"))?;
+    let bound = listener.local_addr()?;
+    tracing::info!("serving /metrics alone on http://{bound} (METRICS_ADDR)");
+    let app = routes::metrics_only(state);
+    tracker.spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await;
+        if let Err(err) = served {
+            tracing::warn!(error = %err, "metrics listener failed: {err}");
+        }
+    });
+    Ok(())
+}
+
+/// The whole HTTP application for `state`, without a socket (for router-level
+/// tests); `web_dir` as in [`routes::router`].
+pub fn app(state: AppState, web_dir: Option<&std::path::Path>) -> axum::Router {
     routes::router(state, web_dir)
 }

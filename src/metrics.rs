@@ -27,6 +27,13 @@ pub const HTTP_REQUESTS: &str = "http_requests_total";
 /// Histogram: seconds from request to response head, by `method`, `route`.
 pub const HTTP_REQUEST_DURATION: &str = "http_request_duration_seconds";
 
+/// Histogram: seconds from an event's append to history to its hand-over to
+/// the local hub by this instance's subscriber (live messages only, Redis
+/// bus only). The start is the event id's millisecond part (Redis's clock,
+/// Redis docs "Streams: entry IDs"), the end this host's clock, so clock
+/// skew between the two shows up here too.
+pub const EVENT_DELIVERY_LAG: &str = "event_delivery_lag_seconds";
+
 /// Installs the process-wide recorder once and returns its handle. The
 /// `metrics` facade has one global recorder, so several in-process instances
 /// (tests) share series; each real process has its own.
@@ -41,6 +48,15 @@ pub fn install() -> PrometheusHandle {
                         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                     ],
                 )
+                .and_then(|builder| {
+                    builder.set_buckets_for_metric(
+                        Matcher::Full(EVENT_DELIVERY_LAG.to_owned()),
+                        &[
+                            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                            10.0,
+                        ],
+                    )
+                })
                 .unwrap_or_else(|_| PrometheusBuilder::new());
             let recorder = builder.build_recorder();
             let handle = recorder.handle();
@@ -71,6 +87,12 @@ fn describe() {
         metrics::Unit::Seconds,
         "Time to response head"
     );
+    metrics::describe_histogram!(
+        EVENT_DELIVERY_LAG,
+        metrics::Unit::Seconds,
+        "Event append to history -> hand-over to local SSE streams"
+    );
+    let _ = metrics::histogram!(EVENT_DELIVERY_LAG);
     metrics::gauge!(SSE_CLIENTS).set(0.0);
     for name in [
         EVENTS_PUBLISHED,
@@ -87,6 +109,20 @@ fn describe() {
     metrics::counter!(HTTP_REQUESTS, "method" => "GET", "route" => "/metrics", "status" => "200")
         .absolute(0);
     let _ = metrics::histogram!(HTTP_REQUEST_DURATION, "method" => "GET", "route" => "/metrics");
+}
+
+/// Records [`EVENT_DELIVERY_LAG`] for the events among `frames`, now. One
+/// clock read and one histogram lookup per batch; a negative lag (clock
+/// skew) counts as 0.
+pub fn record_delivery_lag(frames: &[crate::model::Frame]) {
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    let histogram = metrics::histogram!(EVENT_DELIVERY_LAG);
+    for id in frames.iter().filter_map(crate::model::Frame::id) {
+        #[allow(clippy::cast_precision_loss)] // ms lags are far below 2^52
+        histogram.record(now_ms.saturating_sub(id.ms) as f64 / 1000.0);
+    }
 }
 
 /// The `method` label: a standard method's name, else `other`. Clients may

@@ -126,6 +126,7 @@ pub(super) async fn run(
                         // Counted when handed on, so the counter never runs ahead
                         // of what local clients can see.
                         metrics::counter!(EVENTS_RECEIVED).increment(batch.frames.len() as u64);
+                        crate::metrics::record_delivery_lag(&batch.frames);
                         last_batch_len = batch.frames.len();
                         hub.send_frames(batch.frames);
                         last_send = Instant::now();

@@ -10,7 +10,6 @@ use axum::{
 };
 use tower_http::{
     cors::{AllowOrigin, Any, CorsLayer},
-    services::ServeDir,
     timeout::TimeoutLayer,
     trace::{DefaultOnResponse, TraceLayer},
     LatencyUnit,
@@ -24,9 +23,11 @@ pub mod events;
 mod health;
 mod metrics;
 pub mod openapi;
+mod web;
 
-/// Builds the whole application for `state`; `web_dir` is served at `/`.
-pub fn router(state: AppState, web_dir: &std::path::Path) -> Router {
+/// Builds the whole application for `state`; the page is served at `/` from
+/// `web_dir` when given, else from the copy built into the binary (SPEC §3.6).
+pub fn router(state: AppState, web_dir: Option<&std::path::Path>) -> Router {
     let config = state.config.clone();
     // Non-streaming routes get a request timeout; the SSE route must not.
     let bounded = Router::new()
@@ -38,10 +39,8 @@ pub fn router(state: AppState, web_dir: &std::path::Path) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(config.request_timeout_secs),
         ));
-    let mut app = Router::new()
-        .merge(bounded)
-        .merge(events::router())
-        .fallback_service(ServeDir::new(web_dir).append_index_html_on_directories(true))
+    let routes = Router::new().merge(bounded).merge(events::router());
+    let mut app = web::fallback(routes, web_dir)
         .layer(middleware::from_fn(crate::error::json_layer_errors))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
         .layer(middleware::from_fn(crate::metrics::track))
@@ -50,6 +49,15 @@ pub fn router(state: AppState, web_dir: &std::path::Path) -> Router {
         app = app.layer(cors);
     }
     app.with_state(state)
+}
+
+/// The `METRICS_ADDR` listener's application: `GET /metrics` only (SPEC
+/// §3.5); every other path is `404`. Scrapes there are not counted in
+/// `http_requests_total`, which describes the public port.
+pub fn metrics_only(state: AppState) -> Router {
+    metrics::router()
+        .layer(middleware::from_fn(crate::error::json_layer_errors))
+        .with_state(state)
 }
 
 /// One `request` span per request at `info` (method, route template, uri,

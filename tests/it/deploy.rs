@@ -9,7 +9,8 @@
 //!   timeout well above the keep-alive interval).
 //! - The real Debian nginx accepts `nginx.conf` (`nginx -t`) once rendered for loopback
 //!   by [`render_nginx_conf`], the helper the nginx end-to-end tests use too.
-//! - `Dockerfile`: multi-stage, non-root runtime user, `HEALTHCHECK`, ships `web/`.
+//! - `Dockerfile`: multi-stage, non-root runtime user, `HEALTHCHECK`, page built in (`web/`
+//!   in the build context, no `WEB_DIR`).
 //! - `env.example`: lists every setting of SPEC §2.
 
 use std::fs;
@@ -612,7 +613,7 @@ fn dockerfile_instructions() -> Vec<(String, String)> {
 }
 
 #[test]
-fn dockerfile_is_multi_stage_non_root_with_healthcheck_and_web() {
+fn dockerfile_is_multi_stage_non_root_with_healthcheck_and_embedded_web() {
     let instructions = dockerfile_instructions();
     let froms: Vec<usize> = instructions
         .iter()
@@ -648,14 +649,19 @@ fn dockerfile_is_multi_stage_non_root_with_healthcheck_and_web() {
         "HEALTHCHECK should run `sse-fanout healthcheck`, got `{healthcheck}`"
     );
 
+    // The page is built into the binary (SPEC §3.6): the build stage needs web/ in
+    // its context, and the runtime stage must not point WEB_DIR at a directory it lacks.
     assert!(
-        runtime
+        !runtime
             .iter()
-            .any(|(k, args)| k == "COPY" && args.split_whitespace().any(|a| a.starts_with("web"))),
-        "the runtime image must ship web/ (COPY web/ ...)"
+            .any(|(k, args)| k == "ENV" && args.contains("WEB_DIR")),
+        "the runtime image must serve the embedded page (no WEB_DIR)"
     );
-
     let ignore = read_repo_file(".dockerignore");
+    assert!(
+        !ignore.lines().any(|l| l.trim().trim_matches('/') == "web"),
+        ".dockerignore must not exclude web/: the build embeds it"
+    );
     assert!(
         ignore
             .lines()
@@ -674,14 +680,15 @@ fn env_example_lists_every_setting() {
         .filter(|k| !k.is_empty() && k.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
         .collect();
     // SPEC §2's settings plus the ones this server adds.
-    let extra: [(&str, Option<&str>); 7] = [
+    let extra: [(&str, Option<&str>); 8] = [
         ("PUBLISH_TOKEN", None),
         ("SSE_SEND_TIMEOUT_SECS", Some("30")),
         ("REQUEST_TIMEOUT_SECS", Some("10")),
         ("HEADER_READ_TIMEOUT_SECS", Some("10")),
         ("SSE_BATCH_WINDOW_MS", Some("20")),
         ("BROADCAST_CAPACITY", Some("4096")),
-        ("WEB_DIR", Some("web")),
+        ("WEB_DIR", None),
+        ("METRICS_ADDR", None),
     ];
     for (name, default) in crate::config::SETTINGS.iter().copied().chain(extra) {
         assert!(defined.contains(&name), "env.example lacks {name}");

@@ -9,6 +9,9 @@
 //!   backend a client is on ends its stream; the client reconnects through nginx with
 //!   `Last-Event-ID`, lands on the other backend and resumes: every event that got a
 //!   `201` arrives exactly once and in order, with no `reset`;
+//! - `/metrics` is refused through nginx (also spelled `/metrics?x`, `//metrics`,
+//!   `/%6Detrics`) while `/health`, the page and `/events/sse` pass, and the backends
+//!   still answer `/metrics` directly (for Prometheus);
 //! - `nginx -s reload` does not leave old workers holding streams: they close them within
 //!   `worker_shutdown_timeout` and the client resumes through the new workers.
 
@@ -436,4 +439,42 @@ async fn nginx_reload_ends_streams_promptly_and_clients_resume() {
     let frames = client.messages(1, Duration::from_secs(5)).await;
     assert_eq!(frames.len(), 1, "no reset, no duplicate: {frames:?}");
     assert_eq!(ids(&frames[0]).1, during["id"].as_str().unwrap());
+}
+
+/// The shipped nginx.conf keeps `/metrics` from the internet; everything else passes.
+#[tokio::test]
+async fn metrics_are_refused_through_nginx_while_the_rest_passes() {
+    let stack = Stack::start(&[]).await;
+    let base = stack.nginx.base();
+    let http = reqwest::Client::new();
+    for path in [
+        "/metrics",
+        "/metrics?format=text",
+        "//metrics",
+        "/%6Detrics",
+    ] {
+        let response = http.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(response.status(), 403, "GET {path} through nginx");
+        let body = response.text().await.unwrap();
+        assert!(!body.contains("sse_clients"), "{path} leaked metrics");
+    }
+    for path in ["/health", "/health/live", "/"] {
+        let response = http.get(format!("{base}{path}")).send().await.unwrap();
+        assert_eq!(response.status(), 200, "GET {path} through nginx");
+    }
+    let (mut client, server) = SseClient::open(&stack.sse_url(), None).await;
+    assert!(server == "backend-1" || server == "backend-2", "{server}");
+    let (status, account) = post_account(&http, &base, "metrics stay private", 1).await;
+    assert_eq!(status, 201, "{account}");
+    let frames = client.messages(1, Duration::from_secs(5)).await;
+    assert_eq!(frames[0].json()["data"], account);
+    // Prometheus scrapes the backends themselves.
+    for backend in &stack.backends {
+        let direct = http
+            .get(format!("{}/metrics", backend.base()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(direct.status(), 200);
+    }
 }

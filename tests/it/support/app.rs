@@ -157,9 +157,15 @@ impl ServerProcess {
     /// Runs the binary with `PORT=0`, plain logs, the repo as working
     /// directory, and these extra variables; returns once it listens.
     pub async fn spawn(env: &[(&str, &str)]) -> Self {
+        Self::spawn_in(std::path::Path::new(env!("CARGO_MANIFEST_DIR")), env).await
+    }
+
+    /// Like [`spawn`](Self::spawn), with `dir` as the working directory (e.g. an
+    /// empty temp dir: nothing of the repository to lean on).
+    pub async fn spawn_in(dir: &std::path::Path, env: &[(&str, &str)]) -> Self {
         let mut command = Command::new(env!("CARGO_BIN_EXE_sse-fanout"));
         command
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .current_dir(dir)
             .env("PORT", "0")
             .env("HOST", "127.0.0.1")
             .env("RUST_LOG", "info")
