@@ -47,6 +47,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let metrics = metrics::install();
+    #[allow(clippy::cast_precision_loss)] // a client limit is far below 2^52
+    ::metrics::gauge!(metrics::SSE_CLIENTS_LIMIT).set(config.max_sse_clients as f64);
     let hub = Hub::new(config.max_sse_clients, config.broadcast_capacity);
     let tracker = TaskTracker::new();
     let bus = match config.redis_url() {
@@ -68,6 +70,7 @@ pub async fn run(
         }
         None => {
             tracing::info!("no REDIS_URL or REDIS_HOST: using the in-process bus (single instance, nothing persisted)");
+            ::metrics::gauge!(metrics::SUBSCRIBER_READY).set(1.0);
             Bus::Memory(MemoryBus::new(
                 hub.clone(),
                 &config.server_id,

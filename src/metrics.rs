@@ -34,6 +34,14 @@ pub const HTTP_REQUEST_DURATION: &str = "http_request_duration_seconds";
 /// skew between the two shows up here too.
 pub const EVENT_DELIVERY_LAG: &str = "event_delivery_lag_seconds";
 
+/// Gauge: `MAX_SSE_CLIENTS` of this instance, so alerts can compare
+/// [`SSE_CLIENTS`] with it.
+pub const SSE_CLIENTS_LIMIT: &str = "sse_clients_limit";
+/// Gauge: 1 while this instance's subscriber is subscribed and caught up
+/// (always 1 on the memory bus), else 0 — the subscriber half of `/health`
+/// readiness (SPEC §3.3), visible to Prometheus without probing.
+pub const SUBSCRIBER_READY: &str = "subscriber_ready";
+
 /// Installs the process-wide recorder once and returns its handle. The
 /// `metrics` facade has one global recorder, so several in-process instances
 /// (tests) share series; each real process has its own.
@@ -93,6 +101,12 @@ fn describe() {
         "Event append to history -> hand-over to local SSE streams"
     );
     let _ = metrics::histogram!(EVENT_DELIVERY_LAG);
+    metrics::describe_gauge!(SSE_CLIENTS_LIMIT, "MAX_SSE_CLIENTS of this instance");
+    metrics::describe_gauge!(
+        SUBSCRIBER_READY,
+        "1 while the subscriber is subscribed and caught up (memory bus: always 1)"
+    );
+    metrics::gauge!(SUBSCRIBER_READY).set(0.0);
     metrics::gauge!(SSE_CLIENTS).set(0.0);
     for name in [
         EVENTS_PUBLISHED,

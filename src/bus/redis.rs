@@ -137,6 +137,7 @@ impl RedisBus {
 
     pub(super) fn set_subscribed(&self, subscribed: bool) {
         self.inner.subscribed.store(subscribed, Ordering::Release);
+        metrics::gauge!(crate::metrics::SUBSCRIBER_READY).set(f64::from(u8::from(subscribed)));
     }
 
     /// The command connection, creating it on first use by the subscriber.

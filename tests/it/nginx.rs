@@ -105,7 +105,7 @@ fn read_or_empty(path: &Path) -> String {
 }
 
 /// A loopback port that was free a moment ago.
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
