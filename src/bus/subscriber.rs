@@ -8,7 +8,7 @@ use futures_util::{FutureExt, StreamExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{redis::RedisBus, BusError, History, HISTORY_PAGE};
+use super::{redis::RedisBus, topology::Messages, BusError, History, HISTORY_PAGE};
 use crate::{
     hub::{Hub, MAX_BATCH_BYTES},
     metrics::{EVENTS_RECEIVED, REDIS_RECONNECTS},
@@ -22,18 +22,20 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Runs until `shutdown` fires. Each round:
 ///
-/// 1. connect (the first round also creates the shared command connection
-///    and, if the hub has no cursor yet, reads the newest history id *before*
-///    subscribing, so nothing published in between is skipped);
-/// 2. `SUBSCRIBE`;
+/// 1. connect (the first round also creates the shared command connection —
+///    for Sentinel, again after every switch of primary — and, if the hub has
+///    no cursor yet, reads the newest history id *before* subscribing, so
+///    nothing published in between is skipped);
+/// 2. `SUBSCRIBE` (`SSUBSCRIBE` on a Cluster, see [`super::topology`]);
 /// 3. gap fill: forward every history event after the hub's cursor — the last
 ///    event this instance forwarded — in order. If that id is no longer in
 ///    history (Redis restarted empty, `FLUSHALL`, or trimmed), local clients
 ///    get `event: reset` first, then whatever history holds;
 /// 4. mark ready and forward live messages, skipping ids at or before the
 ///    cursor (the gap fill may already have sent them);
-/// 5. when the message stream ends (connection lost), mark not ready, count
-///    a reconnect, back off, and start again.
+/// 5. when the message stream ends (connection lost, or the bus announced a
+///    new primary), mark not ready, count a reconnect, back off (a new
+///    primary cuts the backoff short), and start again.
 ///
 /// A malformed message is logged at `warn` and dropped; nothing a publisher
 /// sends ends the loop (SPEC §4).
@@ -53,7 +55,9 @@ pub(super) async fn run(
 ) {
     let mut backoff = MIN_BACKOFF;
     let mut connected_before = false;
+    let mut switches = bus.switches();
     loop {
+        switches.borrow_and_update();
         let round = tokio::select! {
             () = shutdown.cancelled() => break,
             round = subscribe_and_fill(&bus, &hub) => round,
@@ -78,7 +82,11 @@ pub(super) async fn run(
                 connected_before = true;
                 backoff = MIN_BACKOFF;
                 bus.set_subscribed(true);
-                let mut messages = pubsub.into_on_message();
+                // A new primary ends the stream as a lost connection would.
+                let mut switched = switches.clone();
+                let mut messages = pubsub.take_until(Box::pin(async move {
+                    let _ = switched.changed().await;
+                }));
                 // Start "quiet", so the first event goes out at once.
                 let mut last_batch_len = 0;
                 let mut last_send = Instant::now()
@@ -147,11 +155,17 @@ pub(super) async fn run(
             }
             Err(err) => {
                 bus.set_subscribed(false);
+                if bus.mode() == super::redis::RedisMode::Sentinel {
+                    // Ask the sentinels again next round: the primary may have moved.
+                    bus.drop_connection();
+                    switches.borrow_and_update();
+                }
                 tracing::warn!(error = %err, server.id = bus.server_id(), backoff_ms = backoff.as_millis() as u64,
                     "subscriber cannot reach redis: {err}; retrying in {} ms", backoff.as_millis());
                 tokio::select! {
                     () = shutdown.cancelled() => break,
                     () = tokio::time::sleep(backoff) => {}
+                    _ = switches.changed() => {}
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
@@ -160,16 +174,15 @@ pub(super) async fn run(
     tracing::info!(server.id = bus.server_id(), "subscriber stopped");
 }
 
-/// Steps 1–3 of [`run`]; returns the subscribed connection.
-async fn subscribe_and_fill(bus: &RedisBus, hub: &Hub) -> Result<redis::aio::PubSub, BusError> {
-    bus.connect_commands().await?;
+/// Steps 1–3 of [`run`]; returns the subscription's message stream.
+async fn subscribe_and_fill(bus: &RedisBus, hub: &Hub) -> Result<Messages, BusError> {
+    let connected = bus.connect().await?;
     if hub.cursor().is_none() {
         if let Some(latest) = bus.latest_id().await? {
             hub.seed_cursor(latest);
         }
     }
-    let mut pubsub = super::redis::timed(bus.client().get_async_pubsub()).await?;
-    super::redis::timed(pubsub.subscribe(bus.channel())).await?;
+    let pubsub = super::topology::subscribe(bus, &connected).await?;
     let mut after = hub.cursor();
     loop {
         let page = match after {
