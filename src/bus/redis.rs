@@ -409,8 +409,27 @@ impl RedisBus {
         };
         let mut wait = redis::cmd("WAIT");
         wait.arg(wanted).arg(timeout_ms);
-        let acked: i64 = match conn {
-            Commands::Single(conn) => timed(wait.query_async(conn)).await?,
+        let acked: i64 = self.on_channel_slot(conn, wait).await?;
+        if acked < i64::from(wanted) {
+            return Err(BusError::NotReplicated {
+                wanted,
+                acked: acked.max(0).unsigned_abs(),
+                timeout_ms,
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs a keyless command where the channel lives: on a Cluster, routed
+    /// to the primary of the channel's slot (redis-rs would send `WAIT` or
+    /// `PING` to every node).
+    async fn on_channel_slot<T: redis::FromRedisValue>(
+        &self,
+        conn: &mut Commands,
+        cmd: redis::Cmd,
+    ) -> Result<T, BusError> {
+        match conn {
+            Commands::Single(conn) => timed(cmd.query_async(conn)).await,
             Commands::Cluster(conn) => {
                 let route = redis::cluster_routing::RoutingInfo::SingleNode(
                     redis::cluster_routing::SingleNodeRoutingInfo::SpecificNode(
@@ -420,18 +439,11 @@ impl RedisBus {
                         ),
                     ),
                 );
-                let value = timed(conn.route_command(wait, route)).await?;
-                redis::FromRedisValue::from_redis_value(value).map_err(redis::RedisError::from)?
+                let value = timed(conn.route_command(cmd, route)).await?;
+                Ok(redis::FromRedisValue::from_redis_value(value)
+                    .map_err(redis::RedisError::from)?)
             }
-        };
-        if acked < i64::from(wanted) {
-            return Err(BusError::NotReplicated {
-                wanted,
-                acked: acked.max(0).unsigned_abs(),
-                timeout_ms,
-            });
         }
-        Ok(())
     }
 
     pub(super) async fn create_account(
@@ -538,7 +550,8 @@ impl RedisBus {
 
     pub(super) async fn health(&self) -> BusHealth {
         let up = match self.commands() {
-            Ok(mut conn) => timed(redis::cmd("PING").query_async::<String>(&mut conn))
+            Ok(mut conn) => self
+                .on_channel_slot::<String>(&mut conn, redis::cmd("PING"))
                 .await
                 .is_ok(),
             Err(_) => false,

@@ -244,9 +244,18 @@ impl TestCluster {
         );
         let cluster = Self { nodes };
         for node in &cluster.nodes {
-            wait_for(FORM, "cluster_state:ok on every node", || {
-                (info_cluster(&node.addr())?.contains("cluster_state:ok")).then_some(())
-            });
+            wait_for(
+                FORM,
+                "cluster_state:ok on every node, replicas in sync",
+                || {
+                    let ok = info_cluster(&node.addr())?.contains("cluster_state:ok");
+                    let synced = info_field(&node.addr(), "replication", "role")? == "master"
+                        || info_field(&node.addr(), "replication", "master_link_status")? == "up";
+                    let nodes: String = query(&node.addr(), ::redis::cmd("CLUSTER").arg("NODES"))?;
+                    let replicas = nodes.lines().filter(|l| l.contains("slave")).count();
+                    (ok && synced && replicas == 3).then_some(())
+                },
+            );
         }
         cluster
     }
@@ -277,33 +286,36 @@ impl TestCluster {
     /// `(primary, replicas)` owning `slot`, from a running node's `CLUSTER
     /// NODES` (only nodes not flagged `fail`).
     pub fn slot_owner(&self, slot: i64) -> (String, Vec<String>) {
-        let text: String = query(&self.any(), ::redis::cmd("CLUSTER").arg("NODES")).unwrap();
+        self.try_slot_owner(slot)
+            .unwrap_or_else(|| panic!("no healthy primary owns slot {slot}"))
+    }
+
+    /// [`slot_owner`](Self::slot_owner), or `None` while no healthy primary owns it.
+    pub fn try_slot_owner(&self, slot: i64) -> Option<(String, Vec<String>)> {
+        let text: String = query(&self.any(), ::redis::cmd("CLUSTER").arg("NODES"))?;
         let lines: Vec<Vec<&str>> = text
             .lines()
             .map(|l| l.split(' ').collect())
             .filter(|f: &Vec<&str>| f.len() >= 8)
             .collect();
         let addr = |f: &[&str]| f[1].split('@').next().unwrap().to_owned();
-        let owner = lines
-            .iter()
-            .find(|f| {
-                f[2].contains("master")
-                    && !f[2].contains("fail")
-                    && f[8..].iter().any(|range| {
-                        let (a, b) = range.split_once('-').unwrap_or((range, range));
-                        match (a.parse::<i64>(), b.parse::<i64>()) {
-                            (Ok(a), Ok(b)) => (a..=b).contains(&slot),
-                            _ => false,
-                        }
-                    })
-            })
-            .unwrap_or_else(|| panic!("no primary owns slot {slot}:\n{text}"));
+        let owner = lines.iter().find(|f| {
+            f[2].contains("master")
+                && !f[2].contains("fail")
+                && f[8..].iter().any(|range| {
+                    let (a, b) = range.split_once('-').unwrap_or((range, range));
+                    match (a.parse::<i64>(), b.parse::<i64>()) {
+                        (Ok(a), Ok(b)) => (a..=b).contains(&slot),
+                        _ => false,
+                    }
+                })
+        })?;
         let replicas = lines
             .iter()
             .filter(|f| f[3] == owner[0] && !f[2].contains("fail"))
             .map(|f| addr(f))
             .collect();
-        (addr(owner), replicas)
+        Some((addr(owner), replicas))
     }
 
     /// The node at `addr`.
@@ -322,7 +334,7 @@ impl TestCluster {
                 self.nodes.iter().filter(|n| n.is_running()).all(|n| {
                     info_cluster(&n.addr()).is_some_and(|i| i.contains("cluster_state:ok"))
                 });
-            let (owner, _) = self.slot_owner(slot);
+            let (owner, _) = self.try_slot_owner(slot)?;
             (ok && owner != old).then_some(owner)
         })
     }
