@@ -31,6 +31,10 @@ pub const DEFAULT_REQUEST_TIMEOUT_SECS: u64 = 10;
 pub const DEFAULT_SSE_BATCH_WINDOW_MS: u64 = 20;
 /// Default `HEADER_READ_TIMEOUT_SECS`, in seconds.
 pub const DEFAULT_HEADER_READ_TIMEOUT_SECS: u64 = 10;
+/// Default `REDIS_MIN_REPLICAS_ACK`: 0, no `WAIT` after a publish.
+pub const DEFAULT_REDIS_MIN_REPLICAS_ACK: u32 = 0;
+/// Default `REDIS_REPLICAS_ACK_TIMEOUT_MS`, in milliseconds.
+pub const DEFAULT_REDIS_REPLICAS_ACK_TIMEOUT_MS: u64 = 500;
 
 /// A setting whose value cannot be used. Printed as one line on stderr, then
 /// the process exits with status 2 (SPEC §2 "Bad configuration").
@@ -165,6 +169,55 @@ pub struct Config {
     /// `/metrics` stays on the main port either way.
     #[arg(long, env = "METRICS_ADDR")]
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Redis Sentinel mode: comma-separated `host:port` of the sentinels (SPEC §9).
+    #[arg(long, env = "REDIS_SENTINELS")]
+    pub redis_sentinels: Option<String>,
+    /// The master name the sentinels monitor (required with REDIS_SENTINELS).
+    #[arg(long, env = "REDIS_SENTINEL_MASTER")]
+    pub redis_sentinel_master: Option<String>,
+    /// Password of the sentinels themselves, if they require one.
+    #[arg(long, env = "REDIS_SENTINEL_PASSWORD", hide_env_values = true)]
+    pub redis_sentinel_password: Option<String>,
+    /// Redis Cluster mode: comma-separated `host:port` seed nodes (SPEC §9).
+    #[arg(long, env = "REDIS_CLUSTER_NODES")]
+    pub redis_cluster_nodes: Option<String>,
+    /// After each publish, wait until this many replicas hold it (`WAIT`); 0 = off.
+    #[arg(long, env = "REDIS_MIN_REPLICAS_ACK", default_value_t = DEFAULT_REDIS_MIN_REPLICAS_ACK,
+          value_parser = clap::value_parser!(u32).range(0..=16))]
+    pub redis_min_replicas_ack: u32,
+    /// How long a publish waits for REDIS_MIN_REPLICAS_ACK replicas, in ms
+    /// (at most 1500, inside the 2 s command timeout); then 503.
+    #[arg(long, env = "REDIS_REPLICAS_ACK_TIMEOUT_MS", default_value_t = DEFAULT_REDIS_REPLICAS_ACK_TIMEOUT_MS,
+          value_parser = clap::value_parser!(u64).range(1..=1500))]
+    pub redis_replicas_ack_timeout_ms: u64,
+}
+
+/// Where the Redis bus connects (SPEC §2 "Bus selection", §9).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// One server: `REDIS_URL`, or the URL built from `REDIS_HOST`/`PORT`/`PASSWORD`.
+    Standalone {
+        /// The connection URL (may hold a password: log it only through [`redact_url`]).
+        url: String,
+    },
+    /// A primary found through sentinels (`REDIS_SENTINELS`).
+    Sentinel {
+        /// `host:port` of every sentinel.
+        sentinels: Vec<(String, u16)>,
+        /// `REDIS_SENTINEL_MASTER`.
+        master: String,
+        /// `REDIS_SENTINEL_PASSWORD`.
+        sentinel_password: Option<String>,
+        /// `REDIS_PASSWORD`: of the data nodes.
+        password: Option<String>,
+    },
+    /// A Redis Cluster (`REDIS_CLUSTER_NODES`).
+    Cluster {
+        /// `host:port` of the seed nodes.
+        nodes: Vec<(String, u16)>,
+        /// `REDIS_PASSWORD`.
+        password: Option<String>,
+    },
 }
 
 impl Config {
@@ -217,6 +270,7 @@ impl Config {
                 "must not be empty",
             ));
         }
+        self.validate_redis_mode()?;
         if let Some(url) = &self.redis_url {
             redis::Client::open(url.as_str())
                 .map_err(|err| bad("REDIS_URL", &redact_url(url), &err.to_string()))?;
@@ -249,6 +303,82 @@ impl Config {
         Ok(())
     }
 
+    /// Checks the HA settings of SPEC §9: one mode only, lists of
+    /// `host:port`, a master name with sentinels.
+    fn validate_redis_mode(&self) -> Result<(), ConfigError> {
+        let standalone = if self.redis_url.is_some() {
+            Some("REDIS_URL")
+        } else if self.redis_host.is_some() {
+            Some("REDIS_HOST")
+        } else {
+            None
+        };
+        let modes = [
+            ("REDIS_SENTINELS", self.redis_sentinels.as_ref()),
+            ("REDIS_CLUSTER_NODES", self.redis_cluster_nodes.as_ref()),
+        ];
+        for (var, value) in modes {
+            let Some(value) = value else { continue };
+            parse_nodes(var, value)?;
+            if let Some(other) = standalone {
+                return Err(bad(
+                    var,
+                    value,
+                    &format!("cannot be combined with {other}: choose one Redis mode"),
+                ));
+            }
+        }
+        if let (Some(sentinels), Some(_)) = (&self.redis_sentinels, &self.redis_cluster_nodes) {
+            return Err(bad(
+                "REDIS_SENTINELS",
+                sentinels,
+                "cannot be combined with REDIS_CLUSTER_NODES: choose one Redis mode",
+            ));
+        }
+        match (&self.redis_sentinels, &self.redis_sentinel_master) {
+            (Some(sentinels), None) => Err(bad(
+                "REDIS_SENTINELS",
+                sentinels,
+                "needs REDIS_SENTINEL_MASTER (the monitored master name)",
+            )),
+            (None, Some(master)) => Err(bad(
+                "REDIS_SENTINEL_MASTER",
+                master,
+                "is used only with REDIS_SENTINELS",
+            )),
+            (Some(_), Some(master))
+                if master.is_empty() || master.contains(char::is_whitespace) =>
+            {
+                Err(bad(
+                    "REDIS_SENTINEL_MASTER",
+                    master,
+                    "must be a name without spaces",
+                ))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The Redis bus to use, if any (SPEC §2 "Bus selection", §9).
+    pub fn redis_target(&self) -> Option<RedisTarget> {
+        let nodes = |value: &String| parse_nodes("", value).unwrap_or_default();
+        if let Some(sentinels) = &self.redis_sentinels {
+            return Some(RedisTarget::Sentinel {
+                sentinels: nodes(sentinels),
+                master: self.redis_sentinel_master.clone().unwrap_or_default(),
+                sentinel_password: self.redis_sentinel_password.clone(),
+                password: self.redis_password.clone(),
+            });
+        }
+        if let Some(cluster) = &self.redis_cluster_nodes {
+            return Some(RedisTarget::Cluster {
+                nodes: nodes(cluster),
+                password: self.redis_password.clone(),
+            });
+        }
+        self.redis_url().map(|url| RedisTarget::Standalone { url })
+    }
+
     /// The Redis connection URL, if a Redis bus is configured (SPEC §2 "Bus
     /// selection"): `REDIS_URL`, else one built from `REDIS_HOST`/`PORT`/`PASSWORD`.
     pub fn redis_url(&self) -> Option<String> {
@@ -256,25 +386,41 @@ impl Config {
             return Some(url.clone());
         }
         let host = self.redis_host.as_ref()?;
-        let host = if host.contains(':') {
-            format!("[{host}]")
-        } else {
-            host.clone()
-        };
-        Some(match &self.redis_password {
-            Some(password) => format!(
-                "redis://:{}@{host}:{}",
-                utf8_percent_encode(password),
-                self.redis_port
-            ),
-            None => format!("redis://{host}:{}", self.redis_port),
-        })
+        Some(redis_node_url(
+            host,
+            self.redis_port,
+            self.redis_password.as_deref(),
+        ))
     }
 
     /// `SSE_KEEPALIVE_SECS` as a duration.
     pub fn keepalive(&self) -> Duration {
         Duration::from_secs(self.sse_keepalive_secs)
     }
+}
+
+/// `redis://[:password@]host:port` for one node (IPv6 hosts bracketed, the
+/// password percent-encoded): the seed-compatible settings, and each primary
+/// or cluster node found at run time.
+pub fn redis_node_url(host: &str, port: u16, password: Option<&str>) -> String {
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    };
+    match password {
+        Some(password) => format!("redis://:{}@{host}:{port}", utf8_percent_encode(password)),
+        None => format!("redis://{host}:{port}"),
+    }
+}
+
+/// `host:port,host:port` for log lines.
+pub fn join_nodes(nodes: &[(String, u16)]) -> String {
+    nodes
+        .iter()
+        .map(|(host, port)| format!("{host}:{port}"))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// The URL with any password replaced, for logs and error lines.
@@ -298,6 +444,26 @@ fn utf8_percent_encode(raw: &str) -> String {
         }
     }
     out
+}
+
+/// Parses `host:port,host:port,…` (`[v6]:port` for IPv6); at least one.
+fn parse_nodes(var: &str, value: &str) -> Result<Vec<(String, u16)>, ConfigError> {
+    let mut nodes = Vec::new();
+    for node in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let parsed = node.rsplit_once(':').and_then(|(host, port)| {
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let ok = !host.is_empty() && !host.contains(['/', '@', ' ']);
+            Some((ok.then(|| host.to_owned())?, port.parse::<u16>().ok()?))
+        });
+        match parsed {
+            Some(node) => nodes.push(node),
+            None => return Err(bad(var, value, "expected host:port[,host:port…]")),
+        }
+    }
+    if nodes.is_empty() {
+        return Err(bad(var, value, "expected host:port[,host:port…]"));
+    }
+    Ok(nodes)
 }
 
 fn bad(var: &str, value: &str, reason: &str) -> ConfigError {
@@ -415,6 +581,68 @@ mod tests {
         assert_eq!(parse(&[]).unwrap().config.redis_url(), None);
         let cli = parse(&["--redis-url", "redis://a:1", "--redis-host", "b"]).unwrap();
         assert_eq!(cli.config.redis_url().unwrap(), "redis://a:1");
+    }
+
+    #[test]
+    fn redis_modes_are_parsed_and_exclusive() {
+        let cli = parse(&[
+            "--redis-sentinels",
+            "a:26379, b:26380",
+            "--redis-sentinel-master",
+            "mymaster",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.config.redis_target(),
+            Some(RedisTarget::Sentinel {
+                sentinels: vec![("a".to_owned(), 26379), ("b".to_owned(), 26380)],
+                master: "mymaster".to_owned(),
+                sentinel_password: None,
+                password: None,
+            })
+        );
+        let cli = parse(&["--redis-cluster-nodes", "[::1]:7000"]).unwrap();
+        assert!(matches!(
+            cli.config.redis_target(),
+            Some(RedisTarget::Cluster { nodes, .. }) if nodes == [("::1".to_owned(), 7000)]
+        ));
+        for (args, var) in [
+            (&["--redis-sentinels", "a:1"][..], "REDIS_SENTINELS"),
+            (
+                &["--redis-sentinels", "a", "--redis-sentinel-master", "m"][..],
+                "REDIS_SENTINELS",
+            ),
+            (
+                &["--redis-sentinel-master", "m"][..],
+                "REDIS_SENTINEL_MASTER",
+            ),
+            (&["--redis-cluster-nodes", "a:x"][..], "REDIS_CLUSTER_NODES"),
+            (&["--redis-cluster-nodes", ","][..], "REDIS_CLUSTER_NODES"),
+            (
+                &["--redis-cluster-nodes", "a:1", "--redis-url", "redis://b:1"][..],
+                "REDIS_CLUSTER_NODES",
+            ),
+            (
+                &[
+                    "--redis-cluster-nodes",
+                    "a:1",
+                    "--redis-sentinels",
+                    "b:1",
+                    "--redis-sentinel-master",
+                    "m",
+                ][..],
+                "REDIS_SENTINELS",
+            ),
+            (
+                &["--redis-min-replicas-ack", "x"][..],
+                "REDIS_MIN_REPLICAS_ACK",
+            ),
+        ] {
+            let Err(Err(err)) = parse(args) else {
+                panic!("{args:?} must be rejected")
+            };
+            assert_eq!(err.var, var, "{args:?}: {err}");
+        }
     }
 
     #[test]

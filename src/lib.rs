@@ -51,15 +51,33 @@ pub async fn run(
     ::metrics::gauge!(metrics::SSE_CLIENTS_LIMIT).set(config.max_sse_clients as f64);
     let hub = Hub::new(config.max_sse_clients, config.broadcast_capacity);
     let tracker = TaskTracker::new();
-    let bus = match config.redis_url() {
-        Some(url) => {
+    let bus = match config.redis_target() {
+        Some(target) => {
             let bus = RedisBus::new(
-                &url,
+                &target,
                 &config.events_channel,
                 config.event_history_len,
                 &config.server_id,
+                (
+                    config.redis_min_replicas_ack,
+                    config.redis_replicas_ack_timeout_ms,
+                ),
             )?;
-            tracing::info!(redis = %config::redact_url(&url), "using the redis bus at {}", config::redact_url(&url));
+            let place = match &target {
+                config::RedisTarget::Standalone { url } => config::redact_url(url),
+                config::RedisTarget::Sentinel {
+                    sentinels, master, ..
+                } => {
+                    format!(
+                        "master {master:?} of sentinels {}",
+                        config::join_nodes(sentinels)
+                    )
+                }
+                config::RedisTarget::Cluster { nodes, .. } => {
+                    format!("the cluster of {}", config::join_nodes(nodes))
+                }
+            };
+            tracing::info!(redis = %place, redis.mode = bus.mode().as_str(), "using the redis bus at {place}");
             bus.spawn_subscriber(
                 hub.clone(),
                 Duration::from_millis(config.sse_batch_window_ms),
@@ -69,7 +87,7 @@ pub async fn run(
             Bus::Redis(bus)
         }
         None => {
-            tracing::info!("no REDIS_URL or REDIS_HOST: using the in-process bus (single instance, nothing persisted)");
+            tracing::info!("no REDIS_URL, REDIS_HOST, REDIS_SENTINELS or REDIS_CLUSTER_NODES: using the in-process bus (single instance, nothing persisted)");
             ::metrics::gauge!(metrics::SUBSCRIBER_READY).set(1.0);
             Bus::Memory(MemoryBus::new(
                 hub.clone(),

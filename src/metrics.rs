@@ -22,6 +22,8 @@ pub const EVENTS_DELIVERED: &str = "events_delivered_total";
 pub const SSE_RESETS: &str = "sse_resets_total";
 /// Counter: times the subscriber lost Redis and reconnected.
 pub const REDIS_RECONNECTS: &str = "redis_reconnects_total";
+/// Counter: switches to a new Redis primary seen by this instance (SPEC §9).
+pub const REDIS_FAILOVERS: &str = "redis_failovers_total";
 /// Counter: HTTP responses by `method`, `route`, `status`.
 pub const HTTP_REQUESTS: &str = "http_requests_total";
 /// Histogram: seconds from request to response head, by `method`, `route`.
@@ -89,6 +91,7 @@ fn describe() {
     metrics::describe_counter!(EVENTS_DELIVERED, "Frames handed to local SSE streams");
     metrics::describe_counter!(SSE_RESETS, "event: reset frames sent to clients");
     metrics::describe_counter!(REDIS_RECONNECTS, "Subscriber reconnections to Redis");
+    metrics::describe_counter!(REDIS_FAILOVERS, "Switches to a new Redis primary");
     metrics::describe_counter!(HTTP_REQUESTS, "HTTP responses by method, route and status");
     metrics::describe_histogram!(
         HTTP_REQUEST_DURATION,
@@ -114,6 +117,7 @@ fn describe() {
         EVENTS_DELIVERED,
         SSE_RESETS,
         REDIS_RECONNECTS,
+        REDIS_FAILOVERS,
     ] {
         metrics::counter!(name).absolute(0);
     }

@@ -7,6 +7,7 @@ use crate::model::{Account, EventId, Frame};
 pub mod memory;
 pub mod redis;
 mod subscriber;
+mod topology;
 
 pub use self::{memory::MemoryBus, redis::RedisBus};
 
@@ -26,6 +27,22 @@ pub enum BusError {
     /// The instance has not yet connected and subscribed (Redis down at start-up).
     #[error("the bus is not connected yet")]
     NotReady,
+    /// `REDIS_MIN_REPLICAS_ACK` replicas did not acknowledge the write in
+    /// time: the event is stored and published, but not known to survive a
+    /// crash of the primary, so the publish is not acknowledged (SPEC §9).
+    #[error("only {acked} of {wanted} replicas acknowledged the event within {timeout_ms} ms")]
+    NotReplicated {
+        /// `REDIS_MIN_REPLICAS_ACK`.
+        wanted: u32,
+        /// Replicas that acknowledged.
+        acked: u64,
+        /// `REDIS_REPLICAS_ACK_TIMEOUT_MS`.
+        timeout_ms: u64,
+    },
+    /// Sentinel mode: the server named as primary is not (yet) one, or the
+    /// sentinels know no such master.
+    #[error("no redis primary: {0}")]
+    NotPrimary(String),
     /// Stored data is not what this server writes.
     #[error("unexpected data in redis: {0}")]
     Corrupt(String),

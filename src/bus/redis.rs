@@ -1,21 +1,27 @@
-//! The Redis bus: one multiplexed [`ConnectionManager`] for commands (shared
-//! by every request and client) and one subscriber task with its own pub/sub
-//! connection (see [`super::subscriber`]).
+//! The Redis bus: one multiplexed command connection (shared by every request
+//! and client) and one subscriber task with its own pub/sub connection (see
+//! [`super::subscriber`]), against one server, a Sentinel-managed primary or a
+//! Redis Cluster (SPEC §9; finding and following the primary is in
+//! [`super::topology`]).
 
 use std::{
     future::Future,
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc,
+        Arc, RwLock,
     },
     time::Duration,
 };
 
-use redis::{aio::ConnectionManager, AsyncCommands};
-use tokio::sync::OnceCell;
+use redis::{
+    aio::{ConnectionLike, ConnectionManager},
+    cluster_async::ClusterConnection,
+    AsyncCommands,
+};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::{BusError, BusHealth, History};
+use super::{topology::Target, BusError, BusHealth, History};
 use crate::{
     hub::Hub,
     model::{self, Account, EventId, Frame},
@@ -30,18 +36,152 @@ pub const COMMAND_TIMEOUT_MS: u64 = 2000;
 /// never sees an event history lacks (SPEC §3.1 "All or nothing").
 /// The stream entry id `XADD` assigns is the event id.
 ///
-/// KEYS[1] = `account:<id>`, KEYS[2] = `<channel>:history`.
+/// KEYS[1] = account key, KEYS[2] = history key (see [`Keys`]).
 /// ARGV[1] = account JSON, ARGV[2] = `EVENT_HISTORY_LEN` (`MAXLEN ~`),
 /// ARGV[3] = event tail (the event JSON after its id, see [`model::event_tail`]),
 /// ARGV[4] = channel. Returns the entry id.
 /// `XADD` runs first: it is the command that can fail on a wrong key type,
 /// and a script that fails before any write changes nothing.
+/// `publish` is `PUBLISH` or, on a Cluster, `SPUBLISH` (prepended by
+/// [`publish_script`]; SPEC §9: one slot owns every key and the shard channel).
 const PUBLISH_SCRIPT: &str = r#"
 local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'tail', ARGV[3])
 redis.call('SET', KEYS[1], ARGV[1])
-redis.call('PUBLISH', ARGV[4], '{"id":"' .. id .. '",' .. ARGV[3])
+redis.call(publish, ARGV[4], '{"id":"' .. id .. '",' .. ARGV[3])
 return id
 "#;
+
+/// [`PUBLISH_SCRIPT`] for `mode`: the one place `PUBLISH` vs `SPUBLISH` is chosen.
+fn publish_script(mode: RedisMode) -> String {
+    let publish = match mode {
+        RedisMode::Cluster => "SPUBLISH",
+        RedisMode::Standalone | RedisMode::Sentinel => "PUBLISH",
+    };
+    format!("local publish = '{publish}'{PUBLISH_SCRIPT}")
+}
+
+/// How the Redis bus reaches Redis (SPEC §9), as `/health` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedisMode {
+    /// One server (`REDIS_URL` / `REDIS_HOST`).
+    Standalone,
+    /// The primary of a Sentinel-managed group (`REDIS_SENTINELS`).
+    Sentinel,
+    /// A Redis Cluster (`REDIS_CLUSTER_NODES`).
+    Cluster,
+}
+
+impl RedisMode {
+    /// `standalone`, `sentinel` or `cluster`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RedisMode::Standalone => "standalone",
+            RedisMode::Sentinel => "sentinel",
+            RedisMode::Cluster => "cluster",
+        }
+    }
+}
+
+/// Every key and channel name of one event channel, in one place. Standalone
+/// and Sentinel keep SPEC §4's names (`<channel>`, `<channel>:history`,
+/// `account:<id>`); on a Cluster everything sits under the hash tag
+/// `{<channel>}` so the publish script touches one slot (SPEC §9):
+/// `{<channel>}` (shard channel), `{<channel>}:history`, `{<channel>}:account:<id>`.
+/// New per-channel keys (e.g. custom event ids) get a method here using `prefix`.
+#[derive(Debug, Clone)]
+pub(super) struct Keys {
+    /// Pub/sub (or shard) channel.
+    channel: String,
+    /// History stream.
+    history: String,
+    /// Prefix of every other key: empty, or `{<channel>}:` on a Cluster.
+    prefix: String,
+}
+
+impl Keys {
+    fn new(channel: &str, mode: RedisMode) -> Self {
+        match mode {
+            RedisMode::Cluster => Self {
+                channel: format!("{{{channel}}}"),
+                history: format!("{{{channel}}}:history"),
+                prefix: format!("{{{channel}}}:"),
+            },
+            RedisMode::Standalone | RedisMode::Sentinel => Self {
+                channel: channel.to_owned(),
+                history: format!("{channel}:history"),
+                prefix: String::new(),
+            },
+        }
+    }
+
+    /// The channel events are published on.
+    pub(super) fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    /// The history stream.
+    pub(super) fn history(&self) -> &str {
+        &self.history
+    }
+
+    /// The account's key (SPEC §4 `account:<id>`).
+    pub(super) fn account(&self, id: uuid::Uuid) -> String {
+        format!("{}account:{id}", self.prefix)
+    }
+}
+
+/// The command connection: a [`ConnectionManager`] to one server (standalone,
+/// or the current Sentinel primary), or a cluster connection that routes by
+/// key and follows `MOVED`.
+#[derive(Clone)]
+pub(super) enum Commands {
+    /// One server.
+    Single(ConnectionManager),
+    /// A Redis Cluster.
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Commands {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Commands::Single(conn) => conn.req_packed_command(cmd),
+            Commands::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Commands::Single(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Commands::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Commands::Single(conn) => conn.get_db(),
+            Commands::Cluster(conn) => conn.get_db(),
+        }
+    }
+}
+
+/// A usable connection to the current primary: commands, and for one server
+/// the client that opens the subscriber's pub/sub connection (a Cluster
+/// subscriber builds its own, see [`super::topology`]).
+#[derive(Clone)]
+pub(super) struct Connected {
+    /// Shared by every request.
+    pub(super) commands: Commands,
+    /// Opens pub/sub connections to the same server; `None` on a Cluster.
+    pub(super) pubsub: Option<redis::Client>,
+}
 
 /// Handle to Redis shared by routes and the subscriber. Cheap to clone.
 #[derive(Clone)]
@@ -50,22 +190,29 @@ pub struct RedisBus {
 }
 
 struct Inner {
-    /// Opens connections; holds the parsed URL.
-    client: redis::Client,
+    /// Where Redis is and how to find its primary.
+    target: Target,
     /// Created by the subscriber on its first successful connection (so a
-    /// POST cannot succeed before this instance is subscribed), then kept:
-    /// the manager reconnects by itself.
-    commands: OnceCell<ConnectionManager>,
+    /// POST cannot succeed before this instance is subscribed), then kept
+    /// (the manager and the cluster connection reconnect by themselves) —
+    /// except that a Sentinel switch drops it at once, so nothing more is
+    /// written to the old primary, until the subscriber has found the new one.
+    connected: RwLock<Option<Connected>>,
+    /// `host:port` of the primary in use (for a Cluster: of the channel's slot),
+    /// for `/health`; never holds a password.
+    primary: RwLock<Option<String>>,
+    /// Bumped on every primary switch; the subscriber reconnects when it changes.
+    switches: watch::Sender<u64>,
     /// Set while the subscriber is subscribed and caught up (readiness).
     subscribed: AtomicBool,
-    /// Pub/sub channel name.
-    channel: String,
-    /// `<channel>:history`: the Redis Stream of recent events.
-    history_key: String,
+    /// Every key and channel name.
+    keys: Keys,
     /// `EVENT_HISTORY_LEN`.
     history_len: u64,
     /// `SERVER_ID`.
     server_id: String,
+    /// `REDIS_MIN_REPLICAS_ACK` and `REDIS_REPLICAS_ACK_TIMEOUT_MS`.
+    replicas_ack: Option<(u32, u64)>,
     /// The publish script; `invoke_async` sends `EVALSHA` and loads it once on `NOSCRIPT`.
     script: redis::Script,
 }
@@ -73,39 +220,102 @@ struct Inner {
 impl std::fmt::Debug for RedisBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisBus")
-            .field("channel", &self.inner.channel)
+            .field("channel", &self.inner.keys.channel)
+            .field("mode", &self.inner.target.mode())
             .field("subscribed", &self.inner.subscribed.load(Ordering::Relaxed))
             .finish_non_exhaustive()
     }
 }
 
 impl RedisBus {
-    /// A bus for `url` (already validated by config). Connects nothing yet.
+    /// A bus for `target` (already validated by config). Connects nothing yet.
+    /// `replicas_ack` is `REDIS_MIN_REPLICAS_ACK` (0 = off) and its timeout in ms.
     ///
     /// # Errors
-    /// [`BusError::Redis`] if the URL does not parse.
+    /// [`BusError::Redis`] if a URL does not parse.
     pub fn new(
-        url: &str,
+        target: &crate::config::RedisTarget,
         channel: &str,
         history_len: u64,
         server_id: &str,
+        replicas_ack: (u32, u64),
     ) -> Result<Self, BusError> {
+        let target = Target::new(target)?;
+        let mode = target.mode();
         Ok(Self {
             inner: Arc::new(Inner {
-                client: redis::Client::open(url)?,
-                commands: OnceCell::new(),
+                primary: RwLock::new(target.fixed_primary()),
+                target,
+                connected: RwLock::new(None),
+                switches: watch::Sender::new(0),
                 subscribed: AtomicBool::new(false),
-                channel: channel.to_owned(),
-                history_key: format!("{channel}:history"),
+                keys: Keys::new(channel, mode),
                 history_len,
                 server_id: server_id.to_owned(),
-                script: redis::Script::new(PUBLISH_SCRIPT),
+                replicas_ack: (replicas_ack.0 > 0).then_some(replicas_ack),
+                script: redis::Script::new(&publish_script(mode)),
             }),
         })
     }
 
+    /// Standalone, Sentinel or Cluster.
+    pub fn mode(&self) -> RedisMode {
+        self.inner.target.mode()
+    }
+
+    /// `host:port` of the primary in use, if known (for a Cluster: the one
+    /// owning the channel's slot). Never holds a password.
+    pub fn primary(&self) -> Option<String> {
+        self.inner
+            .primary
+            .read()
+            .ok()
+            .and_then(|primary| primary.clone())
+    }
+
+    pub(super) fn target(&self) -> &Target {
+        &self.inner.target
+    }
+
+    pub(super) fn keys(&self) -> &Keys {
+        &self.inner.keys
+    }
+
+    /// Records the primary in use; a change from a known one is a failover:
+    /// counted in `redis_failovers_total` and logged at `warn`.
+    pub(super) fn set_primary(&self, primary: String) {
+        let Ok(mut current) = self.inner.primary.write() else {
+            return;
+        };
+        if current.as_deref() == Some(primary.as_str()) {
+            return;
+        }
+        if let Some(old) = current.replace(primary.clone()) {
+            metrics::counter!(crate::metrics::REDIS_FAILOVERS).increment(1);
+            tracing::warn!(redis.mode = self.mode().as_str(), redis.old_primary = %old,
+                redis.primary = %primary, server.id = self.server_id(),
+                "redis primary switched from {old} to {primary}");
+        }
+    }
+
+    /// Stops using the current connection at once (Sentinel: the primary
+    /// changed, or answered `READONLY`) and tells the subscriber to
+    /// reconnect; until it has, requests get `503`.
+    pub(super) fn drop_connection(&self) {
+        if let Ok(mut connected) = self.inner.connected.write() {
+            *connected = None;
+        }
+        self.inner.switches.send_modify(|n| *n += 1);
+    }
+
+    /// Changes whenever the subscriber must reconnect to a new primary.
+    pub(super) fn switches(&self) -> watch::Receiver<u64> {
+        self.inner.switches.subscribe()
+    }
+
     /// Starts the one subscriber task of this instance (SPEC §1), batching
-    /// events within `batch_window` (`SSE_BATCH_WINDOW_MS`). It runs until
+    /// events within `batch_window` (`SSE_BATCH_WINDOW_MS`), and in Sentinel
+    /// mode one `+switch-master` watcher per sentinel. They run until
     /// `shutdown` fires.
     pub fn spawn_subscriber(
         &self,
@@ -114,6 +324,7 @@ impl RedisBus {
         shutdown: CancellationToken,
         tracker: &tokio_util::task::TaskTracker,
     ) {
+        super::topology::spawn_sentinel_watchers(self, &shutdown, tracker);
         tracker.spawn(super::subscriber::run(
             self.clone(),
             hub,
@@ -122,17 +333,13 @@ impl RedisBus {
         ));
     }
 
-    pub(super) fn client(&self) -> &redis::Client {
-        &self.inner.client
-    }
-
     /// `SERVER_ID` of this instance (for log fields).
     pub fn server_id(&self) -> &str {
         &self.inner.server_id
     }
 
     pub(super) fn channel(&self) -> &str {
-        &self.inner.channel
+        &self.inner.keys.channel
     }
 
     pub(super) fn set_subscribed(&self, subscribed: bool) {
@@ -140,24 +347,104 @@ impl RedisBus {
         metrics::gauge!(crate::metrics::SUBSCRIBER_READY).set(f64::from(u8::from(subscribed)));
     }
 
-    /// The command connection, creating it on first use by the subscriber.
-    pub(super) async fn connect_commands(&self) -> Result<ConnectionManager, BusError> {
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_millis(1000)))
-            .set_response_timeout(Some(Duration::from_millis(COMMAND_TIMEOUT_MS)))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = self
-            .inner
-            .commands
-            .get_or_try_init(|| timed(self.inner.client.get_connection_manager_with_config(config)))
-            .await?;
-        Ok(conn.clone())
+    /// The connection to the current primary, creating it (and, for
+    /// Sentinel, finding the primary) if there is none. Called by the
+    /// subscriber only, so creation is never concurrent.
+    pub(super) async fn connect(&self) -> Result<Connected, BusError> {
+        if let Some(connected) = self.connected() {
+            return Ok(connected);
+        }
+        let switches = *self.inner.switches.borrow();
+        let (connected, primary) = self.inner.target.connect().await?;
+        // A switch announced while connecting may have made this one stale.
+        if *self.inner.switches.borrow() != switches {
+            return Err(BusError::NotReady);
+        }
+        if let Some(primary) = primary {
+            self.set_primary(primary);
+        }
+        if let Ok(mut slot) = self.inner.connected.write() {
+            *slot = Some(connected.clone());
+        }
+        Ok(connected)
+    }
+
+    fn connected(&self) -> Option<Connected> {
+        self.inner.connected.read().ok().and_then(|c| c.clone())
     }
 
     /// The command connection if the subscriber has created it.
-    fn commands(&self) -> Result<ConnectionManager, BusError> {
-        self.inner.commands.get().cloned().ok_or(BusError::NotReady)
+    fn commands(&self) -> Result<Commands, BusError> {
+        self.connected()
+            .map(|c| c.commands)
+            .ok_or(BusError::NotReady)
+    }
+
+    /// A failed write on a Sentinel primary: `READONLY` (it was demoted) or
+    /// a refused/dropped connection (it died) means the primary may have
+    /// changed, so stop using it and let the subscriber ask the sentinels.
+    fn after_write_error(&self, err: &BusError) {
+        if self.mode() != RedisMode::Sentinel {
+            return;
+        }
+        if let BusError::Redis(err) = err {
+            if err.code() == Some("READONLY")
+                || err.is_connection_refusal()
+                || err.is_connection_dropped()
+            {
+                tracing::warn!(error = %err, "redis primary refused a write; asking the sentinels for the primary");
+                self.drop_connection();
+            }
+        }
+    }
+
+    /// `REDIS_MIN_REPLICAS_ACK`: `WAIT n timeout` on the connection that
+    /// wrote (on a Cluster: routed to the slot's primary), so the answer
+    /// counts replicas holding this write (Redis docs, `WAIT`).
+    ///
+    /// # Errors
+    /// [`BusError::NotReplicated`] when fewer replicas acknowledged in time.
+    async fn wait_for_replicas(&self, conn: &mut Commands) -> Result<(), BusError> {
+        let Some((wanted, timeout_ms)) = self.inner.replicas_ack else {
+            return Ok(());
+        };
+        let mut wait = redis::cmd("WAIT");
+        wait.arg(wanted).arg(timeout_ms);
+        let acked: i64 = self.on_channel_slot(conn, wait).await?;
+        if acked < i64::from(wanted) {
+            return Err(BusError::NotReplicated {
+                wanted,
+                acked: acked.max(0).unsigned_abs(),
+                timeout_ms,
+            });
+        }
+        Ok(())
+    }
+
+    /// Runs a keyless command where the channel lives: on a Cluster, routed
+    /// to the primary of the channel's slot (redis-rs would send `WAIT` or
+    /// `PING` to every node).
+    async fn on_channel_slot<T: redis::FromRedisValue>(
+        &self,
+        conn: &mut Commands,
+        cmd: redis::Cmd,
+    ) -> Result<T, BusError> {
+        match conn {
+            Commands::Single(conn) => timed(cmd.query_async(conn)).await,
+            Commands::Cluster(conn) => {
+                let route = redis::cluster_routing::RoutingInfo::SingleNode(
+                    redis::cluster_routing::SingleNodeRoutingInfo::SpecificNode(
+                        redis::cluster_routing::Route::with_key(
+                            self.inner.keys.history(),
+                            redis::cluster_routing::SlotAddr::Master,
+                        ),
+                    ),
+                );
+                let value = timed(conn.route_command(cmd, route)).await?;
+                Ok(redis::FromRedisValue::from_redis_value(value)
+                    .map_err(redis::RedisError::from)?)
+            }
+        }
     }
 
     pub(super) async fn create_account(
@@ -171,20 +458,25 @@ impl RedisBus {
             serde_json::to_string(&account).map_err(|e| BusError::Corrupt(e.to_string()))?;
         let tail = model::event_tail(&account, &self.inner.server_id, &account.created_at)
             .map_err(|e| BusError::Corrupt(e.to_string()))?;
-        let mut invocation = self.inner.script.key(account_key(account.id));
+        let mut invocation = self.inner.script.key(self.inner.keys.account(account.id));
         invocation
-            .key(&self.inner.history_key)
+            .key(self.inner.keys.history())
             .arg(account_json)
             .arg(self.inner.history_len)
             .arg(tail)
-            .arg(&self.inner.channel);
-        let _id: String = timed(invocation.invoke_async(&mut conn)).await?;
+            .arg(self.inner.keys.channel());
+        let written: Result<String, BusError> = timed(invocation.invoke_async(&mut conn)).await;
+        if let Err(err) = &written {
+            self.after_write_error(err);
+        }
+        written?;
+        self.wait_for_replicas(&mut conn).await?;
         Ok(account)
     }
 
     pub(super) async fn get_account(&self, id: uuid::Uuid) -> Result<Option<Account>, BusError> {
         let mut conn = self.commands()?;
-        let json: Option<String> = timed(conn.get(account_key(id))).await?;
+        let json: Option<String> = timed(conn.get(self.inner.keys.account(id))).await?;
         json.map(|j| serde_json::from_str(&j).map_err(|e| BusError::Corrupt(e.to_string())))
             .transpose()
     }
@@ -201,7 +493,7 @@ impl RedisBus {
         limit: usize,
     ) -> Result<History, BusError> {
         let mut conn = self.commands()?;
-        let key = &self.inner.history_key;
+        let key = self.inner.keys.history();
         let entries = match after {
             Some(after) => {
                 let mut entries: Vec<StreamEntry> = timed(
@@ -246,7 +538,7 @@ impl RedisBus {
         let mut conn = self.commands()?;
         let entries: Vec<StreamEntry> = timed(
             redis::cmd("XREVRANGE")
-                .arg(&self.inner.history_key)
+                .arg(self.inner.keys.history())
                 .arg("+")
                 .arg("-")
                 .arg("COUNT")
@@ -259,7 +551,8 @@ impl RedisBus {
 
     pub(super) async fn health(&self) -> BusHealth {
         let up = match self.commands() {
-            Ok(mut conn) => timed(redis::cmd("PING").query_async::<String>(&mut conn))
+            Ok(mut conn) => self
+                .on_channel_slot::<String>(&mut conn, redis::cmd("PING"))
                 .await
                 .is_ok(),
             Err(_) => false,
@@ -269,11 +562,6 @@ impl RedisBus {
             redis_up: Some(up),
         }
     }
-}
-
-/// `account:<id>` (SPEC §4).
-fn account_key(id: uuid::Uuid) -> String {
-    format!("account:{id}")
 }
 
 /// One `XRANGE` entry: id and flat field/value list.

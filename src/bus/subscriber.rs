@@ -2,13 +2,16 @@
 //! connection forwarding the channel into the local [`Hub`], with reconnect,
 //! backoff and gap fill from history.
 
-use std::time::Duration;
+use std::{
+    collections::{HashSet, VecDeque},
+    time::Duration,
+};
 
 use futures_util::{FutureExt, StreamExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{redis::RedisBus, BusError, History, HISTORY_PAGE};
+use super::{redis::RedisBus, topology::Messages, BusError, History, HISTORY_PAGE};
 use crate::{
     hub::{Hub, MAX_BATCH_BYTES},
     metrics::{EVENTS_RECEIVED, REDIS_RECONNECTS},
@@ -19,21 +22,29 @@ use crate::{
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 /// Cap on the reconnect delay (SPEC §2: "capped exponential backoff (≤ 5 s)").
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Event ids remembered by [`Forwarded`] (16 bytes each, twice).
+const FORWARDED_CAP: usize = 10_000;
 
 /// Runs until `shutdown` fires. Each round:
 ///
-/// 1. connect (the first round also creates the shared command connection
-///    and, if the hub has no cursor yet, reads the newest history id *before*
-///    subscribing, so nothing published in between is skipped);
-/// 2. `SUBSCRIBE`;
+/// 1. connect (the first round also creates the shared command connection —
+///    for Sentinel, again after every switch of primary — and, if the hub has
+///    no cursor yet, reads the newest history id *before* subscribing, so
+///    nothing published in between is skipped);
+/// 2. `SUBSCRIBE` (`SSUBSCRIBE` on a Cluster, see [`super::topology`]);
 /// 3. gap fill: forward every history event after the hub's cursor — the last
 ///    event this instance forwarded — in order. If that id is no longer in
 ///    history (Redis restarted empty, `FLUSHALL`, or trimmed), local clients
 ///    get `event: reset` first, then whatever history holds;
 /// 4. mark ready and forward live messages, skipping ids at or before the
 ///    cursor (the gap fill may already have sent them);
-/// 5. when the message stream ends (connection lost), mark not ready, count
-///    a reconnect, back off, and start again.
+///    after a `reset`, the gap fill forwards every event history holds that
+///    this instance has not forwarded, whatever its id: after a failover the
+///    new primary may hold events other instances wrote to it while this one
+///    was still on the old primary, with ids below this instance's cursor;
+/// 5. when the message stream ends (connection lost, or the bus announced a
+///    new primary), mark not ready, count a reconnect, back off (a new
+///    primary cuts the backoff short), and start again.
 ///
 /// A malformed message is logged at `warn` and dropped; nothing a publisher
 /// sends ends the loop (SPEC §4).
@@ -53,10 +64,13 @@ pub(super) async fn run(
 ) {
     let mut backoff = MIN_BACKOFF;
     let mut connected_before = false;
+    let mut switches = bus.switches();
+    let mut forwarded = Forwarded::default();
     loop {
+        switches.borrow_and_update();
         let round = tokio::select! {
             () = shutdown.cancelled() => break,
-            round = subscribe_and_fill(&bus, &hub) => round,
+            round = subscribe_and_fill(&bus, &hub, &mut forwarded) => round,
         };
         match round {
             Ok(pubsub) => {
@@ -78,7 +92,11 @@ pub(super) async fn run(
                 connected_before = true;
                 backoff = MIN_BACKOFF;
                 bus.set_subscribed(true);
-                let mut messages = pubsub.into_on_message();
+                // A new primary ends the stream as a lost connection would.
+                let mut switched = switches.clone();
+                let mut messages = pubsub.take_until(Box::pin(async move {
+                    let _ = switched.changed().await;
+                }));
                 // Start "quiet", so the first event goes out at once.
                 let mut last_batch_len = 0;
                 let mut last_send = Instant::now()
@@ -128,6 +146,7 @@ pub(super) async fn run(
                         metrics::counter!(EVENTS_RECEIVED).increment(batch.frames.len() as u64);
                         crate::metrics::record_delivery_lag(&batch.frames);
                         last_batch_len = batch.frames.len();
+                        forwarded.record(&batch.frames);
                         hub.send_frames(batch.frames);
                         last_send = Instant::now();
                     }
@@ -148,11 +167,17 @@ pub(super) async fn run(
             }
             Err(err) => {
                 bus.set_subscribed(false);
+                if bus.mode() == super::redis::RedisMode::Sentinel {
+                    // Ask the sentinels again next round: the primary may have moved.
+                    bus.drop_connection();
+                    switches.borrow_and_update();
+                }
                 tracing::warn!(error = %err, server.id = bus.server_id(), backoff_ms = backoff.as_millis() as u64,
                     "subscriber cannot reach redis: {err}; retrying in {} ms", backoff.as_millis());
                 tokio::select! {
                     () = shutdown.cancelled() => break,
                     () = tokio::time::sleep(backoff) => {}
+                    _ = switches.changed() => {}
                 }
                 backoff = (backoff * 2).min(MAX_BACKOFF);
             }
@@ -161,16 +186,22 @@ pub(super) async fn run(
     tracing::info!(server.id = bus.server_id(), "subscriber stopped");
 }
 
-/// Steps 1–3 of [`run`]; returns the subscribed connection.
-async fn subscribe_and_fill(bus: &RedisBus, hub: &Hub) -> Result<redis::aio::PubSub, BusError> {
-    bus.connect_commands().await?;
+/// Steps 1–3 of [`run`]; returns the subscription's message stream.
+async fn subscribe_and_fill(
+    bus: &RedisBus,
+    hub: &Hub,
+    forwarded: &mut Forwarded,
+) -> Result<Messages, BusError> {
+    let connected = bus.connect().await?;
     if hub.cursor().is_none() {
         if let Some(latest) = bus.latest_id().await? {
             hub.seed_cursor(latest);
         }
     }
-    let mut pubsub = super::redis::timed(bus.client().get_async_pubsub()).await?;
-    super::redis::timed(pubsub.subscribe(bus.channel())).await?;
+    if forwarded.ids.is_empty() {
+        forwarded.floor = forwarded.floor.max(hub.cursor());
+    }
+    let pubsub = super::topology::subscribe(bus, &connected).await?;
     let mut after = hub.cursor();
     loop {
         let page = match after {
@@ -183,12 +214,11 @@ async fn subscribe_and_fill(bus: &RedisBus, hub: &Hub) -> Result<redis::aio::Pub
                 tracing::warn!(event.id = ?after.map(|a| a.to_string()),
                     "history no longer holds the last forwarded event; sending reset to local clients");
                 hub.send(Frame::reset("history_lost"));
-                match bus.history_after(None, HISTORY_PAGE).await? {
-                    History::Events(events) => {
-                        events.into_iter().filter(|f| f.id() > after).collect()
-                    }
-                    History::Missing => Vec::new(),
-                }
+                let unsent = unforwarded_history(bus, forwarded).await?;
+                forwarded.record(&unsent);
+                metrics::counter!(EVENTS_RECEIVED).increment(unsent.len() as u64);
+                hub.send_frames(unsent);
+                break;
             }
         };
         let full = events.len() == HISTORY_PAGE;
@@ -196,12 +226,72 @@ async fn subscribe_and_fill(bus: &RedisBus, hub: &Hub) -> Result<redis::aio::Pub
             after = last.id();
         }
         metrics::counter!(EVENTS_RECEIVED).increment(events.len() as u64);
+        forwarded.record(&events);
         hub.send_frames(events);
         if !full {
             break;
         }
     }
     Ok(pubsub)
+}
+
+/// Every event in history that this instance has not forwarded, oldest first.
+async fn unforwarded_history(
+    bus: &RedisBus,
+    forwarded: &Forwarded,
+) -> Result<Vec<Frame>, BusError> {
+    let mut unsent = Vec::new();
+    let mut after = None;
+    loop {
+        let page = match bus.history_after(after, HISTORY_PAGE).await? {
+            History::Events(page) => page,
+            // Trimmed while we read: what we have is all we can get.
+            History::Missing => break,
+        };
+        let full = page.len() == HISTORY_PAGE;
+        after = page.last().and_then(Frame::id).or(after);
+        unsent.extend(
+            page.into_iter()
+                .filter(|f| f.id().is_some_and(|id| forwarded.is_new(id))),
+        );
+        if !full {
+            break;
+        }
+    }
+    Ok(unsent)
+}
+
+/// The ids this instance forwarded lately, so that a gap fill after a reset
+/// sends exactly what local clients have not seen.
+#[derive(Default)]
+struct Forwarded {
+    /// In forwarding order, at most [`FORWARDED_CAP`].
+    order: VecDeque<EventId>,
+    /// The same ids, for lookup.
+    ids: HashSet<EventId>,
+    /// Ids at or before this count as forwarded: the cursor at start-up
+    /// (clients got older events from history) and every forgotten id.
+    floor: Option<EventId>,
+}
+
+impl Forwarded {
+    fn record(&mut self, frames: &[Frame]) {
+        for id in frames.iter().filter_map(Frame::id) {
+            if self.ids.insert(id) {
+                self.order.push_back(id);
+            }
+        }
+        while self.order.len() > FORWARDED_CAP {
+            if let Some(old) = self.order.pop_front() {
+                self.ids.remove(&old);
+                self.floor = self.floor.max(Some(old));
+            }
+        }
+    }
+
+    fn is_new(&self, id: EventId) -> bool {
+        self.floor.is_none_or(|floor| id > floor) && !self.ids.contains(&id)
+    }
 }
 
 /// Frames gathered from the channel for one send to the hub.

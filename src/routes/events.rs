@@ -134,7 +134,13 @@ impl Cursor {
                 }
                 self.last = Some(id);
             }
-            FrameKind::Reset => metrics::counter!(SSE_RESETS).increment(1),
+            // After a reset from the bus (history lost, failover) the
+            // subscriber sends what this instance has not forwarded, in the
+            // new history's order, whose ids may be below what came before.
+            FrameKind::Reset => {
+                metrics::counter!(SSE_RESETS).increment(1);
+                self.last = None;
+            }
             FrameKind::Foreign => {}
         }
         out.push(&frame.bytes);
@@ -143,14 +149,12 @@ impl Cursor {
     /// Appends a batch: its joined bytes as they are when every event in it
     /// is new to this client (the usual case), frame by frame otherwise.
     fn take_batch(&mut self, batch: &Batch, out: &mut Chunk) {
-        let all_new = match (self.last, batch.first_id) {
-            (Some(last), Some(first)) => first > last,
-            _ => true,
-        };
+        let all_new = batch.resets == 0
+            && match (self.last, batch.first_id) {
+                (Some(last), Some(first)) => first > last,
+                _ => true,
+            };
         if all_new {
-            if batch.resets > 0 {
-                metrics::counter!(SSE_RESETS).increment(batch.resets);
-            }
             self.last = batch.last_id.or(self.last);
             out.push(&batch.bytes);
         } else {

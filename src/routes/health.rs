@@ -27,6 +27,15 @@ pub struct HealthBody {
     /// `up` or `down`; absent with the memory bus.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub redis: Option<&'static str>,
+    /// `standalone`, `sentinel` or `cluster` (SPEC §9); absent with the memory bus.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "sentinel")]
+    pub redis_mode: Option<&'static str>,
+    /// `host:port` of the Redis primary in use (Cluster: the one owning the
+    /// channel's slot), without credentials; absent until known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(example = "10.0.0.5:6379")]
+    pub redis_primary: Option<String>,
     /// Open SSE streams on this instance.
     pub sse_clients: usize,
     /// Seconds since start-up.
@@ -51,11 +60,17 @@ pub struct LiveBody {
     ))]
 pub(super) async fn health(State(state): State<AppState>) -> impl IntoResponse {
     let bus = state.bus.health().await;
+    let (redis_mode, redis_primary) = match &state.bus {
+        crate::bus::Bus::Redis(redis) => (Some(redis.mode().as_str()), redis.primary()),
+        crate::bus::Bus::Memory(_) => (None, None),
+    };
     let body = HealthBody {
         status: if bus.ready { "ok" } else { "degraded" },
         server_id: state.config.server_id.clone(),
         bus: state.bus.kind(),
         redis: bus.redis_up.map(|up| if up { "up" } else { "down" }),
+        redis_mode,
+        redis_primary,
         sse_clients: state.hub.client_count(),
         uptime_secs: state.started_at.elapsed().as_secs(),
         version: env!("CARGO_PKG_VERSION"),

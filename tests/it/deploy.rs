@@ -148,7 +148,11 @@ pub(crate) fn nginx_command(dir: &Path, conf: &Path) -> Command {
 // ---------------------------------------------------------------------------
 
 fn compose_file() -> Value {
-    let text = read_repo_file("docker-compose.yml");
+    compose_file_named("docker-compose.yml")
+}
+
+fn compose_file_named(name: &str) -> Value {
+    let text = read_repo_file(name);
     let mut doc: Value = serde_yaml_ng::from_str(&text).unwrap();
     doc.apply_merge().unwrap();
     doc
@@ -382,6 +386,80 @@ fn compose_file_defines_redis_two_backends_and_nginx() {
         );
     } else {
         eprintln!("docker compose not available: skipping `docker compose config -q`");
+    }
+}
+
+/// `docker-compose.sentinel.yml` (docs/high-availability.md): primary,
+/// replica of it, three sentinels monitoring it with quorum 2, and both
+/// backends in Sentinel mode waiting for healthy sentinels, behind nginx.
+#[test]
+fn sentinel_compose_file_defines_a_sentinel_group_and_two_backends() {
+    let doc = compose_file_named("docker-compose.sentinel.yml");
+    let replica = service(&doc, "redis-replica");
+    let command = replica
+        .get("command")
+        .and_then(Value::as_sequence)
+        .expect("redis-replica needs a command")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert!(
+        command.contains("--replicaof redis-primary 6379"),
+        "{command}"
+    );
+    assert!(healthcheck_test(service(&doc, "redis-primary")).is_some());
+    for name in ["sentinel-1", "sentinel-2", "sentinel-3"] {
+        let sentinel = service(&doc, name);
+        let script = sentinel
+            .get("command")
+            .and_then(Value::as_sequence)
+            .and_then(|c| c.last())
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("{name} needs a command"));
+        assert!(
+            script.contains("sentinel monitor mymaster redis-primary 6379 2")
+                && script.contains("redis-sentinel"),
+            "{name}: {script}"
+        );
+        assert!(
+            healthcheck_test(sentinel).is_some_and(|t| t.contains("26379")),
+            "{name}"
+        );
+    }
+    for (name, port) in [("backend-1", 3000_u16), ("backend-2", 3002_u16)] {
+        let backend = service(&doc, name);
+        assert_eq!(env_value(backend, "SERVER_ID").as_deref(), Some(name));
+        assert_eq!(env_value(backend, "PORT"), Some(port.to_string()));
+        assert_eq!(
+            env_value(backend, "REDIS_SENTINELS").as_deref(),
+            Some("sentinel-1:26379,sentinel-2:26379,sentinel-3:26379"),
+            "{name}"
+        );
+        assert_eq!(
+            env_value(backend, "REDIS_SENTINEL_MASTER").as_deref(),
+            Some("mymaster")
+        );
+        assert_eq!(
+            env_value(backend, "REDIS_URL"),
+            None,
+            "{name}: one Redis mode only"
+        );
+        for sentinel in ["sentinel-1", "sentinel-2", "sentinel-3"] {
+            assert_eq!(
+                depends_on_condition(backend, sentinel).as_deref(),
+                Some("service_healthy"),
+                "{name} must wait for {sentinel}"
+            );
+        }
+        assert!(published_ports(backend).contains(&(port, port)), "{name}");
+    }
+    let nginx = service(&doc, "nginx");
+    for backend in ["backend-1", "backend-2"] {
+        assert_eq!(
+            depends_on_condition(nginx, backend).as_deref(),
+            Some("service_healthy")
+        );
     }
 }
 
@@ -680,8 +758,14 @@ fn env_example_lists_every_setting() {
         .filter(|k| !k.is_empty() && k.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
         .collect();
     // SPEC §2's settings plus the ones this server adds.
-    let extra: [(&str, Option<&str>); 8] = [
+    let extra: &[(&str, Option<&str>)] = &[
         ("PUBLISH_TOKEN", None),
+        ("REDIS_SENTINELS", None),
+        ("REDIS_SENTINEL_MASTER", None),
+        ("REDIS_SENTINEL_PASSWORD", None),
+        ("REDIS_CLUSTER_NODES", None),
+        ("REDIS_MIN_REPLICAS_ACK", Some("0")),
+        ("REDIS_REPLICAS_ACK_TIMEOUT_MS", Some("500")),
         ("SSE_SEND_TIMEOUT_SECS", Some("30")),
         ("REQUEST_TIMEOUT_SECS", Some("10")),
         ("HEADER_READ_TIMEOUT_SECS", Some("10")),
@@ -690,7 +774,11 @@ fn env_example_lists_every_setting() {
         ("WEB_DIR", None),
         ("METRICS_ADDR", None),
     ];
-    for (name, default) in crate::config::SETTINGS.iter().copied().chain(extra) {
+    for (name, default) in crate::config::SETTINGS
+        .iter()
+        .copied()
+        .chain(extra.iter().copied())
+    {
         assert!(defined.contains(&name), "env.example lacks {name}");
         let assignment = format!("{name}=");
         match default {

@@ -10,6 +10,7 @@ mod container;
 mod deploy;
 mod events;
 mod failover;
+mod ha;
 mod kubernetes;
 mod limits;
 mod logs;

@@ -81,7 +81,7 @@ impl TestApp {
         let config = Config::parse_from(all)
             .unwrap_or_else(|err| panic!("bad test config: {err:?}"))
             .config;
-        let uses_redis = config.redis_url().is_some();
+        let uses_redis = config.redis_target().is_some();
         let listener = super::eventually(
             Duration::from_secs(5),
             &format!("{addr} to be free for a new listener"),

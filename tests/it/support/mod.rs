@@ -4,6 +4,7 @@
 pub mod app;
 pub mod browser;
 pub mod delivery;
+pub mod ha;
 pub mod redis;
 pub mod redis_inspect;
 pub mod sse;

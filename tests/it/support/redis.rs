@@ -14,6 +14,8 @@ pub struct TestRedis {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    /// Extra `redis-server` arguments (replication, cluster mode).
+    extra: Vec<String>,
 }
 
 impl TestRedis {
@@ -22,20 +24,30 @@ impl TestRedis {
     /// does not: a missing redis-server is a setup error (scripts/test
     /// installs it), never a skipped test.
     pub fn start() -> Self {
-        // Bind-then-drop to find a free port; another process could take it in
-        // between, in which case the start below fails loudly.
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        Self::start_with(&[])
+    }
+
+    /// Like [`start`](Self::start), with extra `redis-server` arguments
+    /// (e.g. `--replicaof`, `--cluster-enabled yes`).
+    pub fn start_with(extra: &[&str]) -> Self {
         let mut redis = Self {
             child: None,
-            port,
+            port: free_port(),
             dir: tempfile::tempdir().unwrap(),
+            extra: extra.iter().map(|&a| a.to_owned()).collect(),
         };
         redis.spawn();
         redis
+    }
+
+    /// `127.0.0.1:<port>`, as Sentinel and Cluster settings name nodes.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Whether the process is still running (not killed).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// `redis://127.0.0.1:<port>`.
@@ -92,6 +104,7 @@ impl TestRedis {
                     "--appendonly",
                     "no",
                 ])
+                .args(&self.extra)
                 .arg("--dir")
                 .arg(self.dir.path())
                 .arg("--logfile")
@@ -132,6 +145,16 @@ impl TestRedis {
             }
         }
     }
+}
+
+/// A free TCP port on 127.0.0.1 (bind-then-drop: another process could take
+/// it in between, in which case the server's start fails loudly).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl Drop for TestRedis {
