@@ -489,6 +489,16 @@ async fn every_dashboard_metric_is_exposed_by_the_real_server() {
         },
     )
     .await;
+    // The one event's lag: append to history → hand-over, on one machine.
+    let lag_sum: f64 = exposition
+        .lines()
+        .find_map(|l| l.strip_prefix("event_delivery_lag_seconds_sum "))
+        .and_then(|v| v.parse().ok())
+        .expect("event_delivery_lag_seconds_sum");
+    assert!(
+        (0.0..5.0).contains(&lag_sum),
+        "delivery lag of one event on loopback: {lag_sum} s"
+    );
     let exposed: BTreeSet<String> = exposition
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())
