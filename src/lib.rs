@@ -10,6 +10,7 @@
 //! - [`hub`]: local fan-out of pre-encoded frames to SSE streams.
 //! - [`routes`]: HTTP shape only; [`error`]: the JSON error contract.
 //! - [`server`]: accept loop, timeouts and graceful drain; [`shutdown`]: signals.
+//! - [`topic`]: topic selectors (`*`, exact, URI templates; SPEC §8.2).
 //! - [`model`], [`metrics`], [`state`], [`telemetry`].
 
 pub mod bus;
@@ -23,6 +24,7 @@ pub mod server;
 pub mod shutdown;
 pub mod state;
 pub mod telemetry;
+pub mod topic;
 
 use std::{sync::Arc, time::Duration};
 
