@@ -160,6 +160,11 @@ pub struct Config {
     /// When set, POST /accounts requires `Authorization: Bearer <token>`.
     #[arg(long, env = "PUBLISH_TOKEN", hide_env_values = true)]
     pub publish_token: Option<String>,
+    /// `account.created` events are private: only subscribers whose token
+    /// allows `accounts/<id>` or `accounts` receive them (SPEC §8.1).
+    #[arg(long, env = "ACCOUNT_EVENTS_PRIVATE", default_value_t = false,
+          action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub account_events_private: bool,
 }
 
 impl Config {

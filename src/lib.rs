@@ -13,6 +13,7 @@
 //! - [`topic`]: topic selectors (`*`, exact, URI templates; SPEC §8.2).
 //! - [`model`], [`metrics`], [`state`], [`telemetry`].
 
+pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod error;
@@ -84,7 +85,9 @@ pub async fn run(
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     let web_dir = config.web_dir.clone();
     let server_id = config.server_id.clone();
+    let auth = auth::Authorizer::new(config.publish_token.clone());
     let state = AppState {
+        auth,
         config: Arc::new(config),
         bus,
         hub,

@@ -44,7 +44,10 @@ pub(super) async fn create_account(
     authorize(state.config.publish_token.as_deref(), request.headers())?;
     let value = crate::error::json_body(request, state.config.max_body_bytes).await?;
     let (name, balance) = NewAccount::from_json(value)?;
-    let account = state.bus.create_account(name, balance).await?;
+    let account = state
+        .bus
+        .create_account(name, balance, state.config.account_events_private)
+        .await?;
     tracing::info!(account.id = %account.id, "created account {}", account.id);
     let location = format!("/accounts/{}", account.id);
     Ok((

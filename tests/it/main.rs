@@ -12,6 +12,7 @@ mod events;
 mod failover;
 mod limits;
 mod logs;
+mod mercure;
 mod metrics;
 mod nginx;
 mod openapi;
