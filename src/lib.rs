@@ -4,6 +4,7 @@
 //! order, and resumes after a reconnect with `Last-Event-ID`.
 //!
 //! # Layout
+//! - [`auth`]: publisher/subscriber JWTs, `PUBLISH_TOKEN`, CSRF check (SPEC §8.4).
 //! - [`config`]: settings from flags, environment and `.env` (SPEC §2).
 //! - [`bus`]: accounts, event ids, history and publishing — Redis or in-memory;
 //!   the Redis subscriber task lives in `bus::subscriber`.
@@ -50,6 +51,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let metrics = metrics::install();
+    let authorizer = auth::Authorizer::from_config(&config)?;
+    if authorizer.publishing_open() {
+        tracing::warn!("no MERCURE_PUBLISHER_JWT_KEY and no PUBLISH_TOKEN: anyone who can reach this server may publish");
+    }
     let hub = Hub::new(config.max_sse_clients, config.broadcast_capacity);
     let tracker = TaskTracker::new();
     let bus = match config.redis_url() {
@@ -85,15 +90,14 @@ pub async fn run(
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     let web_dir = config.web_dir.clone();
     let server_id = config.server_id.clone();
-    let auth = auth::Authorizer::new(config.publish_token.clone());
     let state = AppState {
-        auth,
         config: Arc::new(config),
         bus,
         hub,
         shutdown: shutdown.clone(),
         started_at: std::time::Instant::now(),
         metrics,
+        authorizer,
     };
     let app = app(state, &web_dir);
     let addr = listener.local_addr()?;

@@ -22,6 +22,6 @@ pub struct AppState {
     pub started_at: Instant,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
-    /// Publisher and subscriber authorization (SPEC §8.4).
-    pub auth: Authorizer,
+    /// Who may publish and subscribe (SPEC §8.4).
+    pub authorizer: Authorizer,
 }

@@ -4,6 +4,7 @@ mod support;
 
 mod abuse;
 mod accounts;
+mod auth;
 mod browser;
 mod config;
 mod container;
