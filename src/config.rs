@@ -36,6 +36,9 @@ pub const DEFAULT_REDIS_MIN_REPLICAS_ACK: u32 = 0;
 /// Default `REDIS_REPLICAS_ACK_TIMEOUT_MS`, in milliseconds.
 pub const DEFAULT_REDIS_REPLICAS_ACK_TIMEOUT_MS: u64 = 500;
 
+/// Default `MERCURE_PUBLISHER_JWT_ALG` and `MERCURE_SUBSCRIBER_JWT_ALG`.
+pub const DEFAULT_JWT_ALG: &str = "HS256";
+
 /// A setting whose value cannot be used. Printed as one line on stderr, then
 /// the process exits with status 2 (SPEC §2 "Bad configuration").
 #[derive(Debug, thiserror::Error)]
@@ -190,6 +193,32 @@ pub struct Config {
     #[arg(long, env = "REDIS_REPLICAS_ACK_TIMEOUT_MS", default_value_t = DEFAULT_REDIS_REPLICAS_ACK_TIMEOUT_MS,
           value_parser = clap::value_parser!(u64).range(1..=1500))]
     pub redis_replicas_ack_timeout_ms: u64,
+    /// `account.created` events are private: only subscribers whose token
+    /// allows `accounts/<id>` or `accounts` receive them (SPEC §8.1).
+    #[arg(long, env = "ACCOUNT_EVENTS_PRIVATE", default_value_t = false,
+          action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub account_events_private: bool,
+    /// Key verifying publisher JWTs (SPEC §8.4): the secret for HS*, a PEM
+    /// public key for RS*/PS*/ES*/EdDSA. Unset (with PUBLISH_TOKEN unset): publishing is open.
+    #[arg(long, env = "MERCURE_PUBLISHER_JWT_KEY", hide_env_values = true)]
+    pub mercure_publisher_jwt_key: Option<String>,
+    /// Algorithm of publisher JWTs; a token whose header names another one is rejected.
+    #[arg(long, env = "MERCURE_PUBLISHER_JWT_ALG", default_value = DEFAULT_JWT_ALG)]
+    pub mercure_publisher_jwt_alg: String,
+    /// Key verifying subscriber JWTs (as MERCURE_PUBLISHER_JWT_KEY). Unset: subscriber tokens are refused.
+    #[arg(long, env = "MERCURE_SUBSCRIBER_JWT_KEY", hide_env_values = true)]
+    pub mercure_subscriber_jwt_key: Option<String>,
+    /// Algorithm of subscriber JWTs.
+    #[arg(long, env = "MERCURE_SUBSCRIBER_JWT_ALG", default_value = DEFAULT_JWT_ALG)]
+    pub mercure_subscriber_jwt_alg: String,
+    /// Whether subscribers without a token get public events (`false`: they get 401).
+    #[arg(long, env = "MERCURE_ANONYMOUS", default_value_t = true, action = clap::ArgAction::Set,
+          value_parser = clap::builder::BoolishValueParser::new())]
+    pub mercure_anonymous: bool,
+    /// Origins allowed to publish with the `mercureAuthorization` cookie (CSRF
+    /// protection): a comma-separated list, or `*`. Unset: none.
+    #[arg(long, env = "MERCURE_PUBLISH_ORIGINS")]
+    pub mercure_publish_origins: Option<String>,
 }
 
 /// Where the Redis bus connects (SPEC §2 "Bus selection", §9).
@@ -279,21 +308,14 @@ impl Config {
                 return Err(bad("REDIS_HOST", host, "must be a host name or address"));
             }
         }
-        if let Some(origins) = &self.cors_allowed_origins {
-            if origins.trim() != "*" {
-                for origin in origins.split(',').map(str::trim) {
-                    let ok = (origin.starts_with("http://") || origin.starts_with("https://"))
-                        && axum::http::HeaderValue::from_str(origin).is_ok();
-                    if !ok {
-                        return Err(bad(
-                            "CORS_ALLOWED_ORIGINS",
-                            origins,
-                            "each origin must look like https://example.com",
-                        ));
-                    }
-                }
-            }
-        }
+        check_origins("CORS_ALLOWED_ORIGINS", self.cors_allowed_origins.as_deref())?;
+        check_origins(
+            "MERCURE_PUBLISH_ORIGINS",
+            self.mercure_publish_origins.as_deref(),
+        )?;
+        // Keys and algorithms (SPEC §8.4): an unknown algorithm or a key that
+        // does not parse is bad configuration, not a 401 on every request.
+        crate::auth::Authorizer::from_config(self)?;
         if self.max_sse_clients == 0 {
             return Err(bad("MAX_SSE_CLIENTS", "0", "must be at least 1"));
         }
@@ -466,7 +488,29 @@ fn parse_nodes(var: &str, value: &str) -> Result<Vec<(String, u16)>, ConfigError
     Ok(nodes)
 }
 
-fn bad(var: &str, value: &str, reason: &str) -> ConfigError {
+/// `*` or a comma list of `http(s)://host[:port]` origins.
+fn check_origins(var: &str, origins: Option<&str>) -> Result<(), ConfigError> {
+    let Some(origins) = origins else {
+        return Ok(());
+    };
+    if origins.trim() == "*" {
+        return Ok(());
+    }
+    for origin in origins.split(',').map(str::trim) {
+        let ok = (origin.starts_with("http://") || origin.starts_with("https://"))
+            && axum::http::HeaderValue::from_str(origin).is_ok();
+        if !ok {
+            return Err(bad(
+                var,
+                origins,
+                "each origin must look like https://example.com",
+            ));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn bad(var: &str, value: &str, reason: &str) -> ConfigError {
     ConfigError {
         var: var.to_owned(),
         value: value.to_owned(),

@@ -9,7 +9,7 @@ use axum::{
     Json,
 };
 
-use crate::{bus::BusError, model::ValidationError};
+use crate::{auth::AuthError, bus::BusError, model::ValidationError};
 
 /// The body of every error response (SPEC §3); also its OpenAPI schema.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
@@ -46,9 +46,11 @@ pub enum ApiError {
     /// 404 `not_found`.
     #[error("{0} not found")]
     NotFound(&'static str),
-    /// 401 `unauthorized` with `WWW-Authenticate: Bearer`.
-    #[error("a valid bearer token is required to publish")]
-    Unauthorized,
+    /// 401 `unauthorized` with `WWW-Authenticate: Bearer` (plus
+    /// `error="invalid_token"` when the token itself was bad); the message
+    /// says why (SPEC §8.3, §8.4).
+    #[error("{0}")]
+    Unauthorized(#[from] AuthError),
     /// 503 `bus_unavailable`; the source is logged, not sent.
     #[error("the event bus is unavailable, try again")]
     BusUnavailable(#[source] BusError),
@@ -64,6 +66,10 @@ pub enum ApiError {
     /// 408 `request_timeout`: the request took longer than `REQUEST_TIMEOUT_SECS`.
     #[error("the request took too long")]
     RequestTimeout,
+    /// 403 `forbidden`: the request is understood and refused (a topic in
+    /// the reserved `/.well-known/mercure` namespace, SPEC §8.3).
+    #[error("{0}")]
+    Forbidden(String),
     /// 400 `bad_request`: any other malformed request.
     #[error("{0}")]
     BadRequest(String),
@@ -82,7 +88,7 @@ impl ApiError {
             }
             ApiError::PayloadTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            ApiError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::BusUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "bus_unavailable"),
             ApiError::TooManyClients { .. } => {
                 (StatusCode::SERVICE_UNAVAILABLE, "too_many_clients")
@@ -90,6 +96,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
         }
     }
 
@@ -161,10 +168,10 @@ impl IntoResponse for ApiError {
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
-            ApiError::Unauthorized => {
+            ApiError::Unauthorized(reason) => {
                 response
                     .headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                    .insert(header::WWW_AUTHENTICATE, reason.www_authenticate());
             }
             _ => {}
         }

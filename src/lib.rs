@@ -4,14 +4,17 @@
 //! order, and resumes after a reconnect with `Last-Event-ID`.
 //!
 //! # Layout
+//! - [`auth`]: publisher/subscriber JWTs, `PUBLISH_TOKEN`, CSRF check (SPEC §8.4).
 //! - [`config`]: settings from flags, environment and `.env` (SPEC §2).
 //! - [`bus`]: accounts, event ids, history and publishing — Redis or in-memory;
 //!   the Redis subscriber task lives in `bus::subscriber`.
 //! - [`hub`]: local fan-out of pre-encoded frames to SSE streams.
 //! - [`routes`]: HTTP shape only; [`error`]: the JSON error contract.
 //! - [`server`]: accept loop, timeouts and graceful drain; [`shutdown`]: signals.
+//! - [`topic`]: topic selectors (`*`, exact, URI templates; SPEC §8.2).
 //! - [`model`], [`metrics`], [`state`], [`telemetry`].
 
+pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod error;
@@ -23,6 +26,7 @@ pub mod server;
 pub mod shutdown;
 pub mod state;
 pub mod telemetry;
+pub mod topic;
 
 use std::{sync::Arc, time::Duration};
 
@@ -49,6 +53,10 @@ pub async fn run(
     let metrics = metrics::install();
     #[allow(clippy::cast_precision_loss)] // a client limit is far below 2^52
     ::metrics::gauge!(metrics::SSE_CLIENTS_LIMIT).set(config.max_sse_clients as f64);
+    let authorizer = auth::Authorizer::from_config(&config)?;
+    if authorizer.publishing_open() {
+        tracing::warn!("no MERCURE_PUBLISHER_JWT_KEY and no PUBLISH_TOKEN: anyone who can reach this server may publish");
+    }
     let hub = Hub::new(config.max_sse_clients, config.broadcast_capacity);
     let tracker = TaskTracker::new();
     let bus = match config.redis_target() {
@@ -110,6 +118,7 @@ pub async fn run(
         shutdown: shutdown.clone(),
         started_at: std::time::Instant::now(),
         metrics,
+        authorizer,
     };
     if let Some(metrics_addr) = state.config.metrics_addr {
         serve_metrics(metrics_addr, state.clone(), shutdown.clone(), &tracker).await?;

@@ -129,15 +129,15 @@ fn describe() {
     let _ = metrics::histogram!(HTTP_REQUEST_DURATION, "method" => "GET", "route" => "/metrics");
 }
 
-/// Records [`EVENT_DELIVERY_LAG`] for the events among `frames`, now. One
+/// Records [`EVENT_DELIVERY_LAG`] for the event positions `ids`, now. One
 /// clock read and one histogram lookup per batch; a negative lag (clock
 /// skew) counts as 0.
-pub fn record_delivery_lag(frames: &[crate::model::Frame]) {
+pub fn record_delivery_lag(ids: impl IntoIterator<Item = crate::model::EventId>) {
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
     let histogram = metrics::histogram!(EVENT_DELIVERY_LAG);
-    for id in frames.iter().filter_map(crate::model::Frame::id) {
+    for id in ids {
         #[allow(clippy::cast_precision_loss)] // ms lags are far below 2^52
         histogram.record(now_ms.saturating_sub(id.ms) as f64 / 1000.0);
     }

@@ -22,7 +22,11 @@
   var errorEls = { name: $('name-error'), balance: $('balance-error') };
   var inputs = { name: nameInput, balance: balanceInput };
 
+  var topicForm = $('topic-form');
+  var topicInput = $('topic');
+
   var state = 'connecting';
+  var topic = '*';           // the selector the stream is subscribed to (SPEC §8.2)
   var serverId = null;
   var lastEventId = '';
   var seen = new Set();      // insertion-ordered, so the oldest id is evicted first
@@ -43,8 +47,8 @@
     setState(es ? 'reconnecting' : 'connecting');
     // A new EventSource cannot set Last-Event-ID, so the id travels in the query
     // string. The browser's own reconnects send the header, which the server prefers.
-    var url = '/events/sse';
-    if (lastEventId) url += '?lastEventId=' + encodeURIComponent(lastEventId);
+    var url = '/events/sse?topic=' + encodeURIComponent(topic);
+    if (lastEventId) url += '&lastEventId=' + encodeURIComponent(lastEventId);
     es = new EventSource(url);
 
     es.onopen = function () {
@@ -100,6 +104,26 @@
     try { return JSON.parse(text); } catch (_) { return null; }
   }
 
+  // ---- Topic -------------------------------------------------------------
+
+  // Watching another topic: a new stream, an empty list, and the retained
+  // history of that topic (`earliest`), so one account's stream shows its
+  // past events too. Ids seen are forgotten so those events are shown again.
+  topicForm.addEventListener('submit', function (ev) {
+    ev.preventDefault();
+    var next = topicInput.value.trim() || '*';
+    topicInput.value = next;
+    if (next === topic) return;
+    topic = next;
+    if (es) es.close();
+    if (retryTimer) { clearTimeout(retryTimer); retryTimer = null; }
+    seen.clear();
+    while (listEl.firstChild) listEl.removeChild(listEl.firstChild);
+    lastEventId = 'earliest';
+    retryDelay = RETRY_MIN_MS;
+    connect();
+  });
+
   // ---- Event list --------------------------------------------------------
 
   function span(cls, text, label) {
@@ -139,11 +163,14 @@
     if (data && data.name != null) body.appendChild(span('name', String(data.name)));
     if (data && data.balance != null) body.appendChild(span('balance', String(data.balance), 'balance'));
     if (origin) body.appendChild(span('origin', String(origin), 'from'));
+    if (Array.isArray(msg.topics) && msg.topics.length) {
+      body.appendChild(span('topics', msg.topics.map(String).join(' '), 'topics'));
+    }
     if (!data || (data.name == null && data.balance == null)) {
       // Foreign message: show whatever else it carries, briefly.
       var rest = {};
       Object.keys(msg).forEach(function (k) {
-        if (k !== 'type' && k !== 'serverId' && k !== 'timestamp') rest[k] = msg[k];
+        if (k !== 'type' && k !== 'serverId' && k !== 'timestamp' && k !== 'topics') rest[k] = msg[k];
       });
       var extra = JSON.stringify(rest);
       if (extra && extra !== '{}') {
@@ -239,6 +266,7 @@
     state: function () { return state; },
     serverId: function () { return serverId; },
     lastEventId: function () { return lastEventId; },
+    topic: function () { return topic; },
     // Ids received since the page loaded (capped), in arrival order: oldest first.
     events: function () { return Array.from(seen); }
   };

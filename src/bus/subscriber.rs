@@ -15,7 +15,7 @@ use super::{redis::RedisBus, topology::Messages, BusError, History, HISTORY_PAGE
 use crate::{
     hub::{Hub, MAX_BATCH_BYTES},
     metrics::{EVENTS_RECEIVED, REDIS_RECONNECTS},
-    model::{EventId, Frame},
+    model::{EventId, Update},
 };
 
 /// First reconnect delay; doubles per failed attempt up to [`MAX_BACKOFF`].
@@ -144,10 +144,12 @@ pub(super) async fn run(
                         // Counted when handed on, so the counter never runs ahead
                         // of what local clients can see.
                         metrics::counter!(EVENTS_RECEIVED).increment(batch.frames.len() as u64);
-                        crate::metrics::record_delivery_lag(&batch.frames);
+                        crate::metrics::record_delivery_lag(
+                            batch.frames.iter().filter_map(Update::id),
+                        );
                         last_batch_len = batch.frames.len();
                         forwarded.record(&batch.frames);
-                        hub.send_frames(batch.frames);
+                        hub.send_updates(batch.frames);
                         last_send = Instant::now();
                     }
                     if ended {
@@ -213,11 +215,11 @@ async fn subscribe_and_fill(
             History::Missing => {
                 tracing::warn!(event.id = ?after.map(|a| a.to_string()),
                     "history no longer holds the last forwarded event; sending reset to local clients");
-                hub.send(Frame::reset("history_lost"));
+                hub.send(Update::reset("history_lost"));
                 let unsent = unforwarded_history(bus, forwarded).await?;
                 forwarded.record(&unsent);
                 metrics::counter!(EVENTS_RECEIVED).increment(unsent.len() as u64);
-                hub.send_frames(unsent);
+                hub.send_updates(unsent);
                 break;
             }
         };
@@ -227,7 +229,7 @@ async fn subscribe_and_fill(
         }
         metrics::counter!(EVENTS_RECEIVED).increment(events.len() as u64);
         forwarded.record(&events);
-        hub.send_frames(events);
+        hub.send_updates(events);
         if !full {
             break;
         }
@@ -239,7 +241,7 @@ async fn subscribe_and_fill(
 async fn unforwarded_history(
     bus: &RedisBus,
     forwarded: &Forwarded,
-) -> Result<Vec<Frame>, BusError> {
+) -> Result<Vec<Update>, BusError> {
     let mut unsent = Vec::new();
     let mut after = None;
     loop {
@@ -249,7 +251,7 @@ async fn unforwarded_history(
             History::Missing => break,
         };
         let full = page.len() == HISTORY_PAGE;
-        after = page.last().and_then(Frame::id).or(after);
+        after = page.last().and_then(Update::id).or(after);
         unsent.extend(
             page.into_iter()
                 .filter(|f| f.id().is_some_and(|id| forwarded.is_new(id))),
@@ -275,8 +277,8 @@ struct Forwarded {
 }
 
 impl Forwarded {
-    fn record(&mut self, frames: &[Frame]) {
-        for id in frames.iter().filter_map(Frame::id) {
+    fn record(&mut self, frames: &[Update]) {
+        for id in frames.iter().filter_map(Update::id) {
             if self.ids.insert(id) {
                 self.order.push_back(id);
             }
@@ -294,10 +296,11 @@ impl Forwarded {
     }
 }
 
-/// Frames gathered from the channel for one send to the hub.
+/// Updates gathered from the channel for one send to the hub: an ordered
+/// batch of decoded events (the batching policy above stays swappable).
 #[derive(Default)]
 struct Batch {
-    frames: Vec<Frame>,
+    frames: Vec<Update>,
     /// Encoded size so far, in bytes.
     bytes: usize,
     /// Newest id in `frames`, for deduplication before the hub sees them.
@@ -305,46 +308,30 @@ struct Batch {
 }
 
 impl Batch {
-    /// Classifies one channel message (SPEC §4) and adds it: our events
-    /// (compact JSON starting with an `id` that is a stream id) keep their id
-    /// and are dropped if at or before the hub's cursor or this batch's last
-    /// id (the gap fill may have sent them); any other JSON object with a
-    /// string `type` is passed through live, without id; anything else is
-    /// logged and dropped.
+    /// Decodes one channel message (SPEC §4, [`Update::decode`]) and adds
+    /// it: our events keep their id and are dropped if at or before the
+    /// hub's cursor or this batch's last id (the gap fill may have sent
+    /// them); foreign messages pass through live, without id; anything else
+    /// is logged and dropped.
     fn push(&mut self, hub: &Hub, payload: &[u8]) {
-        let parsed = std::str::from_utf8(payload)
-            .ok()
-            .and_then(|text| Some((text, serde_json::from_str::<serde_json::Value>(text).ok()?)));
-        let Some((text, serde_json::Value::Object(map))) = parsed else {
-            tracing::warn!(
-                bytes = payload.len(),
-                "dropped a channel message that is not a JSON object"
-            );
-            return;
-        };
-        if !map.get("type").is_some_and(serde_json::Value::is_string) {
-            tracing::warn!(
-                bytes = payload.len(),
-                "dropped a channel message without a string type"
-            );
-            return;
-        }
-        let id = map
-            .get("id")
-            .and_then(serde_json::Value::as_str)
-            .and_then(|s| s.parse::<EventId>().ok());
-        let frame = match id {
-            Some(id) if text.starts_with("{\"id\":\"") && !text.contains(['\n', '\r']) => {
-                let newest = self.last.max(hub.cursor());
-                if newest.is_some_and(|newest| id <= newest) {
-                    return; // Already forwarded by the gap fill.
-                }
-                self.last = Some(id);
-                Frame::event(id, text)
+        let decoded = std::str::from_utf8(payload)
+            .map_err(|_| crate::model::Undeliverable::NotAnObject)
+            .and_then(Update::decode);
+        let update = match decoded {
+            Ok(update) => update,
+            Err(err) => {
+                tracing::warn!(bytes = payload.len(), "dropped a channel message: {err}");
+                return;
             }
-            _ => Frame::foreign(text),
         };
-        self.bytes += frame.bytes.len();
-        self.frames.push(frame);
+        if let Some(id) = update.id() {
+            let newest = self.last.max(hub.cursor());
+            if newest.is_some_and(|newest| id <= newest) {
+                return; // Already forwarded by the gap fill.
+            }
+            self.last = Some(id);
+        }
+        self.bytes += update.native.len();
+        self.frames.push(update);
     }
 }

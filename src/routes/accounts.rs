@@ -2,7 +2,7 @@
 
 use axum::{
     extract::{Path, Request, State},
-    http::{header, HeaderMap, StatusCode},
+    http::{header, StatusCode},
     response::{IntoResponse, Response},
     routing::{get, post},
     Json, Router,
@@ -28,7 +28,7 @@ pub(super) fn router() -> Router<AppState> {
         (status = 201, description = "Stored and published", body = Account,
             headers(("Location" = String, description = "/accounts/{id}"))),
         (status = 400, description = "`invalid_json`: not syntactically valid JSON", body = ErrorBody),
-        (status = 401, description = "`unauthorized`: PUBLISH_TOKEN is set and the bearer token is missing or wrong", body = ErrorBody,
+        (status = 401, description = "`unauthorized`: PUBLISH_TOKEN or MERCURE_PUBLISHER_JWT_KEY is set and the bearer token is missing or wrong, or the publisher JWT does not cover the topic `accounts`", body = ErrorBody,
             headers(("WWW-Authenticate" = String))),
         (status = 408, description = "`request_timeout`: the body did not arrive within REQUEST_TIMEOUT_SECS", body = ErrorBody),
         (status = 413, description = "`payload_too_large`: body over MAX_BODY_BYTES", body = ErrorBody),
@@ -41,10 +41,16 @@ pub(super) async fn create_account(
     State(state): State<AppState>,
     request: Request,
 ) -> Result<Response, ApiError> {
-    authorize(state.config.publish_token.as_deref(), request.headers())?;
+    // SPEC §8.4: the same rule as a Mercure publish, for the topic `accounts`.
+    state
+        .authorizer
+        .authorize_publish(request.headers(), request.uri().query(), &["accounts"])?;
     let value = crate::error::json_body(request, state.config.max_body_bytes).await?;
     let (name, balance) = NewAccount::from_json(value)?;
-    let account = state.bus.create_account(name, balance).await?;
+    let account = state
+        .bus
+        .create_account(name, balance, state.config.account_events_private)
+        .await?;
     tracing::info!(account.id = %account.id, "created account {}", account.id);
     let location = format!("/accounts/{}", account.id);
     Ok((
@@ -73,29 +79,4 @@ pub(super) async fn get_account(
         Some(account) => Ok(Json(account).into_response()),
         None => Err(ApiError::NotFound("account")),
     }
-}
-
-/// With `PUBLISH_TOKEN` set, requires `Authorization: Bearer <token>`,
-/// compared in constant time so response timing does not leak the token.
-fn authorize(token: Option<&str>, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(token) = token else { return Ok(()) };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split_once(' '))
-        // The scheme is case-insensitive (RFC 9110 §11.1).
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("Bearer"))
-        .map_or("", |(_, credentials)| credentials.trim());
-    if constant_time_eq(given.as_bytes(), token.as_bytes()) {
-        Ok(())
-    } else {
-        Err(ApiError::Unauthorized)
-    }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

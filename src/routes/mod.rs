@@ -21,6 +21,7 @@ use crate::state::AppState;
 mod accounts;
 pub mod events;
 mod health;
+pub mod mercure;
 mod metrics;
 pub mod openapi;
 mod web;
@@ -39,7 +40,10 @@ pub fn router(state: AppState, web_dir: Option<&std::path::Path>) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(config.request_timeout_secs),
         ));
-    let routes = Router::new().merge(bounded).merge(events::router());
+    let routes = Router::new()
+        .merge(bounded)
+        .merge(events::router())
+        .merge(mercure::router());
     let mut app = web::fallback(routes, web_dir)
         .layer(middleware::from_fn(crate::error::json_layer_errors))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))
@@ -82,7 +86,7 @@ fn trace_layer(
                 "request",
                 method = %request.method(),
                 route,
-                uri = %request.uri(),
+                uri = %crate::auth::redact_uri(request.uri()),
                 server.id = %server_id,
             )
         })
@@ -93,29 +97,36 @@ fn trace_layer(
         )
 }
 
-/// `CORS_ALLOWED_ORIGINS`: unset → no CORS headers; `*` → any origin;
-/// else the listed origins (validated by config). `Last-Event-ID` is allowed
-/// as a request header so cross-origin EventSource polyfills can resume.
+/// `CORS_ALLOWED_ORIGINS`: unset → no CORS headers; `*` → any origin,
+/// without credentials; else the listed origins (validated by config) with
+/// `Access-Control-Allow-Credentials: true`, so the `mercureAuthorization`
+/// cookie works cross-origin (SPEC §8.4; never with `*`, Fetch §3.2.5).
+/// Allowed request headers: `Authorization`, `Cache-Control`,
+/// `Last-Event-ID` (EventSource polyfills resume with it), `Content-Type`.
+/// Exposed: `Location` and the Mercure `Last-Event-ID` response header.
 fn cors_layer(origins: Option<&str>) -> Option<CorsLayer> {
     let origins = origins?.trim();
-    let allow = if origins == "*" {
-        AllowOrigin::from(Any)
+    let last_event_id = axum::http::HeaderName::from_static("last-event-id");
+    let layer = CorsLayer::new()
+        .allow_methods([
+            axum::http::Method::GET,
+            axum::http::Method::POST,
+            axum::http::Method::HEAD,
+        ])
+        .allow_headers([
+            axum::http::header::CONTENT_TYPE,
+            axum::http::header::AUTHORIZATION,
+            axum::http::header::CACHE_CONTROL,
+            last_event_id.clone(),
+        ])
+        .expose_headers([axum::http::header::LOCATION, last_event_id]);
+    Some(if origins == "*" {
+        layer.allow_origin(AllowOrigin::from(Any))
     } else {
-        AllowOrigin::list(origins.split(',').filter_map(|o| o.trim().parse().ok()))
-    };
-    Some(
-        CorsLayer::new()
-            .allow_origin(allow)
-            .allow_methods([
-                axum::http::Method::GET,
-                axum::http::Method::POST,
-                axum::http::Method::HEAD,
-            ])
-            .allow_headers([
-                axum::http::header::CONTENT_TYPE,
-                axum::http::header::AUTHORIZATION,
-                axum::http::HeaderName::from_static("last-event-id"),
-            ])
-            .expose_headers([axum::http::header::LOCATION]),
-    )
+        layer
+            .allow_origin(AllowOrigin::list(
+                origins.split(',').filter_map(|o| o.trim().parse().ok()),
+            ))
+            .allow_credentials(true)
+    })
 }

@@ -57,6 +57,13 @@ pub(crate) const SETTINGS: &[(&str, Option<&str>)] = &[
     ("CORS_ALLOWED_ORIGINS", None),
     ("SHUTDOWN_GRACE_SECS", Some("10")),
     ("LOG_FORMAT", Some("text")),
+    // SPEC §8.4.
+    ("MERCURE_PUBLISHER_JWT_KEY", None),
+    ("MERCURE_PUBLISHER_JWT_ALG", Some("HS256")),
+    ("MERCURE_SUBSCRIBER_JWT_KEY", None),
+    ("MERCURE_SUBSCRIBER_JWT_ALG", Some("HS256")),
+    ("MERCURE_ANONYMOUS", Some("true")),
+    ("MERCURE_PUBLISH_ORIGINS", None),
 ];
 
 /// `--help` exits 0 and lists every SPEC §2 variable with its default.
@@ -100,6 +107,10 @@ async fn bad_values_exit_2_with_one_line_naming_variable_and_value() {
         ("SSE_KEEPALIVE_SECS", "0"),
         ("MAX_BODY_BYTES", "lots"),
         ("HOST", "not-an-address"),
+        ("MERCURE_PUBLISHER_JWT_ALG", "XX999"),
+        ("MERCURE_SUBSCRIBER_JWT_ALG", "none"),
+        ("MERCURE_ANONYMOUS", "maybe"),
+        ("MERCURE_PUBLISH_ORIGINS", "evil"),
     ] {
         let mut command = binary(dir.path());
         command.env(var, value);
@@ -117,6 +128,23 @@ async fn bad_values_exit_2_with_one_line_naming_variable_and_value() {
             "{var}={value}: the line must name both: {stderr:?}"
         );
     }
+}
+
+/// A key that does not parse for its algorithm is bad configuration too; the
+/// line names the variable but never shows the key (it is a secret).
+#[tokio::test]
+async fn unusable_jwt_key_exits_2_without_showing_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = binary(dir.path());
+    command
+        .env("MERCURE_SUBSCRIBER_JWT_KEY", "secret-not-a-pem")
+        .env("MERCURE_SUBSCRIBER_JWT_ALG", "RS256");
+    let (code, stdout, stderr) = run(command).await;
+    assert_eq!(code, Some(2), "stderr: {stderr:?}");
+    assert_eq!(stdout, "");
+    assert_eq!(stderr.lines().count(), 1, "{stderr:?}");
+    assert!(stderr.contains("MERCURE_SUBSCRIBER_JWT_KEY"), "{stderr:?}");
+    assert!(!stderr.contains("secret-not-a-pem"), "{stderr:?}");
 }
 
 /// A started binary whose stderr lines arrive on a channel.

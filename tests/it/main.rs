@@ -4,6 +4,7 @@ mod support;
 
 mod abuse;
 mod accounts;
+mod auth;
 mod browser;
 mod config;
 mod container;
@@ -14,6 +15,7 @@ mod ha;
 mod kubernetes;
 mod limits;
 mod logs;
+mod mercure;
 mod metrics;
 mod monitoring;
 mod nginx;
