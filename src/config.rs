@@ -160,7 +160,7 @@ pub struct Config {
     /// Directory of the web page served at `/`.
     #[arg(long, env = "WEB_DIR", default_value = "web")]
     pub web_dir: std::path::PathBuf,
-    /// When set, POST /accounts requires `Authorization: Bearer <token>`.
+    /// A bearer token that may publish anything (POST /accounts and /.well-known/mercure).
     #[arg(long, env = "PUBLISH_TOKEN", hide_env_values = true)]
     pub publish_token: Option<String>,
     /// Key verifying publisher JWTs (SPEC §8.4): the secret for HS*, a PEM
@@ -184,6 +184,11 @@ pub struct Config {
     /// protection): a comma-separated list, or `*`. Unset: none.
     #[arg(long, env = "MERCURE_PUBLISH_ORIGINS")]
     pub mercure_publish_origins: Option<String>,
+    /// `account.created` events are private: only subscribers whose token
+    /// allows `accounts/<id>` or `accounts` receive them (SPEC §8.1).
+    #[arg(long, env = "ACCOUNT_EVENTS_PRIVATE", default_value_t = false,
+          action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub account_events_private: bool,
 }
 
 impl Config {

@@ -66,6 +66,10 @@ pub enum ApiError {
     /// 408 `request_timeout`: the request took longer than `REQUEST_TIMEOUT_SECS`.
     #[error("the request took too long")]
     RequestTimeout,
+    /// 403 `forbidden`: the request is understood and refused (a topic in
+    /// the reserved `/.well-known/mercure` namespace, SPEC §8.3).
+    #[error("{0}")]
+    Forbidden(String),
     /// 400 `bad_request`: any other malformed request.
     #[error("{0}")]
     BadRequest(String),
@@ -92,6 +96,7 @@ impl ApiError {
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::RequestTimeout => (StatusCode::REQUEST_TIMEOUT, "request_timeout"),
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad_request"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
         }
     }
 

@@ -1,13 +1,20 @@
-//! Local fan-out: one `tokio::sync::broadcast` of pre-encoded frames that every
-//! SSE stream of this instance reads, plus the per-instance client limit.
+//! Local fan-out: `tokio::sync::broadcast` groups of pre-encoded frames, one
+//! per distinct stream filter, found by topic (SPEC §8.6), plus the
+//! per-instance client limit.
 //! Knows nothing of Redis or HTTP.
 
-use std::sync::{Arc, Mutex};
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{broadcast, OwnedSemaphorePermit, Semaphore};
 
-use crate::model::{EventId, Frame, FrameKind};
+use crate::{
+    model::{EventId, Format, Frame, FrameKind, Update},
+    topic::Selector,
+};
 
 /// Default number of batches the broadcast buffer holds before a slow
 /// receiver lags (`BROADCAST_CAPACITY`). A batch is usually one event (~1 KiB)
@@ -61,7 +68,71 @@ impl Batch {
     }
 }
 
+/// What a stream receives: its format, topic selectors and the token's
+/// `mercure.subscribe` selectors (SPEC §8.2). Streams with equal filters
+/// share one broadcast group.
+#[derive(Debug, Clone)]
+pub struct Filter {
+    /// Encoding the stream is sent.
+    pub format: Format,
+    /// The `topic` selectors of the request (`*` for a plain `/events/sse`).
+    pub selectors: Vec<Selector>,
+    /// `mercure.subscribe` of the subscriber's token; `None` for an anonymous
+    /// subscriber, who never receives private updates.
+    pub allowed: Option<Vec<Selector>>,
+}
+
+/// Identity of a group: format, sorted selectors, sorted allowed selectors.
+type GroupKey = (Format, Vec<Box<str>>, Option<Vec<Box<str>>>);
+
+impl Filter {
+    /// Whether a stream with this filter receives `update`: any topic
+    /// matches any selector (`*` matches everything, even a topic-less
+    /// foreign message) and, if private, some topic matches an allowed
+    /// selector. Resets go to native streams only.
+    pub fn accepts(&self, update: &Update) -> bool {
+        if update.kind == FrameKind::Reset {
+            return self.format == Format::Native;
+        }
+        let topical = self.selectors.iter().any(Selector::is_any)
+            || crate::topic::matches_any(&self.selectors, &update.topics);
+        topical
+            && (!update.private
+                || self
+                    .allowed
+                    .as_deref()
+                    .is_some_and(|allowed| crate::topic::matches_any(allowed, &update.topics)))
+    }
+
+    /// True when matching needs more than a topic lookup: `*` or a template.
+    fn is_wild(&self) -> bool {
+        self.selectors.iter().any(|s| s.is_any() || s.is_template())
+    }
+
+    fn key(&self) -> GroupKey {
+        let sorted = |selectors: &[Selector]| {
+            let mut v: Vec<Box<str>> = selectors.iter().map(|s| s.as_str().into()).collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        (
+            self.format,
+            sorted(&self.selectors),
+            self.allowed.as_deref().map(sorted),
+        )
+    }
+}
+
 /// The fan-out point of one instance. Cheap to clone.
+///
+/// Fan-out by topic (SPEC §8.6): streams with the same [`Filter`] share one
+/// broadcast group; groups whose selectors are all exact topics are found
+/// through an index from topic to groups, and only groups with `*` or a
+/// template selector are checked for every event. Delivering an event thus
+/// costs one index lookup per topic plus the wild groups plus the groups it
+/// reaches, not the streams of the instance; each reached group gets the
+/// event's bytes, encoded once per format, shared by `Arc`.
 #[derive(Debug, Clone)]
 pub struct Hub {
     inner: Arc<Inner>,
@@ -69,17 +140,86 @@ pub struct Hub {
 
 #[derive(Debug)]
 struct Inner {
-    /// Sender half; receivers are created per client by [`Hub::subscribe`].
-    events_tx: broadcast::Sender<Arc<Batch>>,
-    /// Id of the last event sent into the broadcast. Held under the same lock
-    /// as `send`, so a new receiver and this cursor always agree: the client
-    /// has seen nothing at or before the cursor and will receive everything
-    /// after it. `std::sync::Mutex`: held for a few instructions, never across `.await`.
-    cursor: Mutex<Option<EventId>>,
+    /// Groups, index and cursor. `std::sync::Mutex`: held while an event is
+    /// routed and sent (no `.await`), and while a stream joins, so a new
+    /// receiver and the cursor always agree: the stream has seen nothing at
+    /// or before the cursor and will receive everything after it.
+    state: Mutex<State>,
+    /// Broadcast buffer of each group, in batches.
+    capacity: usize,
     /// One permit per open SSE stream; `MAX_SSE_CLIENTS` in all.
     clients: Arc<Semaphore>,
     /// `MAX_SSE_CLIENTS`, to compute the open-stream count from free permits.
     max_clients: usize,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Id of the last event sent into the broadcasts (or seeded).
+    cursor: Option<EventId>,
+    groups: HashMap<u64, Group>,
+    by_key: HashMap<GroupKey, u64>,
+    /// Exact topic → groups whose selectors are all exact and include it.
+    exact: HashMap<Box<str>, Vec<u64>>,
+    /// Groups with a `*` or template selector: checked for every event.
+    wild: Vec<u64>,
+    next_group: u64,
+}
+
+#[derive(Debug)]
+struct Group {
+    filter: Arc<Filter>,
+    key: GroupKey,
+    tx: broadcast::Sender<Arc<Batch>>,
+    /// Streams in the group; the group is removed when it drops to 0.
+    members: usize,
+}
+
+/// A stream's place in the hub: its receiver, the cursor it joined at and
+/// its filter. Dropping it leaves the group (and removes an empty group).
+#[derive(Debug)]
+pub struct Subscription {
+    /// Batches of this stream's group, in order.
+    pub rx: broadcast::Receiver<Arc<Batch>>,
+    /// The hub's cursor when the stream joined: it has seen nothing up to it.
+    pub joined_at: Option<EventId>,
+    /// What the group receives (for filtering catch-up reads).
+    pub filter: Arc<Filter>,
+    _membership: Membership,
+}
+
+#[derive(Debug)]
+struct Membership {
+    inner: Arc<Inner>,
+    group: u64,
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        let mut state = lock(&self.inner.state);
+        let Some(group) = state.groups.get_mut(&self.group) else {
+            return;
+        };
+        group.members -= 1;
+        if group.members > 0 {
+            return;
+        }
+        if let Some(group) = state.groups.remove(&self.group) {
+            state.by_key.remove(&group.key);
+            if group.filter.is_wild() {
+                state.wild.retain(|&g| g != self.group);
+            } else {
+                for topic in &group.key.1 {
+                    if let Some(list) = state.exact.get_mut(topic) {
+                        list.retain(|&g| g != self.group);
+                        if list.is_empty() {
+                            state.exact.remove(topic);
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// A client's slot; dropping it frees the slot and updates the gauge.
@@ -96,73 +236,171 @@ impl Drop for ClientPermit {
 
 impl Hub {
     /// A hub for at most `max_clients` concurrent streams whose broadcast
-    /// buffer holds `capacity` batches.
+    /// groups each buffer `capacity` batches.
     pub fn new(max_clients: usize, capacity: usize) -> Self {
-        let (events_tx, _) = broadcast::channel(capacity.max(1));
         Self {
             inner: Arc::new(Inner {
-                events_tx,
-                cursor: Mutex::new(None),
+                state: Mutex::default(),
+                capacity: capacity.max(1),
                 clients: Arc::new(Semaphore::new(max_clients)),
                 max_clients,
             }),
         }
     }
 
-    /// Sends one frame to every local stream. Having no receivers is normal.
-    pub fn send(&self, frame: Frame) {
-        self.send_frames(vec![frame]);
+    /// Sends one update to every local stream it matches. Having no receivers is normal.
+    pub fn send(&self, update: Update) {
+        self.send_updates(vec![update]);
     }
 
-    /// Sends frames (event ids increasing) to every local stream, in batches
-    /// of at most [`MAX_BATCH_BYTES`].
-    pub fn send_frames(&self, frames: Vec<Frame>) {
-        let mut batch = Vec::new();
-        let mut size = 0;
-        for frame in frames {
-            if size + frame.bytes.len() > MAX_BATCH_BYTES && !batch.is_empty() {
-                self.send_batch(Batch::new(std::mem::take(&mut batch)));
-                size = 0;
+    /// Sends updates (event positions increasing) to the streams each
+    /// matches, in one batch per group of at most [`MAX_BATCH_BYTES`].
+    pub fn send_updates(&self, updates: Vec<Update>) {
+        self.route(updates);
+    }
+
+    /// [`Hub::send_updates`]; returns how many groups were examined (for the
+    /// cost test of SPEC §8.6).
+    fn route(&self, updates: Vec<Update>) -> usize {
+        let mut state = lock(&self.inner.state);
+        // Group → (index of the last update pushed, frames), in first-touch order.
+        let mut pending: HashMap<u64, (usize, Vec<Frame>)> = HashMap::new();
+        let mut examined = 0;
+        for (n, update) in updates.iter().enumerate() {
+            if let Some(id) = update.id() {
+                state.cursor = Some(id);
             }
-            size += frame.bytes.len();
-            batch.push(frame);
+            let mut offer = |g: u64, group: &Group| {
+                examined += 1;
+                let slot = pending.entry(g).or_insert((usize::MAX, Vec::new()));
+                if slot.0 == n || !group.filter.accepts(update) {
+                    return;
+                }
+                if let Some(frame) = update.frame(group.filter.format) {
+                    slot.0 = n;
+                    slot.1.push(frame);
+                }
+            };
+            if update.kind == FrameKind::Reset {
+                for (&g, group) in &state.groups {
+                    offer(g, group);
+                }
+                continue;
+            }
+            for topic in update.topics.iter() {
+                for g in state.exact.get(topic.as_str()).into_iter().flatten() {
+                    if let Some(group) = state.groups.get(g) {
+                        offer(*g, group);
+                    }
+                }
+            }
+            for g in &state.wild {
+                if let Some(group) = state.groups.get(g) {
+                    offer(*g, group);
+                }
+            }
         }
-        if !batch.is_empty() {
-            self.send_batch(Batch::new(batch));
+        let mut delivered = 0;
+        for (g, (_, frames)) in pending {
+            let Some(group) = state.groups.get(&g) else {
+                continue;
+            };
+            let mut batch = Vec::new();
+            let mut size = 0;
+            for frame in frames {
+                if size + frame.bytes.len() > MAX_BATCH_BYTES && !batch.is_empty() {
+                    delivered += send_batch(&group.tx, std::mem::take(&mut batch));
+                    size = 0;
+                }
+                size += frame.bytes.len();
+                batch.push(frame);
+            }
+            if !batch.is_empty() {
+                delivered += send_batch(&group.tx, batch);
+            }
+        }
+        drop(state);
+        metrics::counter!(crate::metrics::EVENTS_DELIVERED).increment(delivered);
+        examined
+    }
+
+    /// Joins (or creates) the group for `filter`; returns the receiver and
+    /// the cursor it joined at (`None` if no event was sent since start-up
+    /// and none seeded by [`Hub::seed_cursor`]).
+    pub fn subscribe(&self, filter: Filter) -> Subscription {
+        let key = filter.key();
+        let mut state = lock(&self.inner.state);
+        let joined_at = state.cursor;
+        let g = match state.by_key.get(&key) {
+            Some(&g) => g,
+            None => {
+                let g = state.next_group;
+                state.next_group += 1;
+                if filter.is_wild() {
+                    state.wild.push(g);
+                } else {
+                    for topic in &key.1 {
+                        state.exact.entry(topic.clone()).or_default().push(g);
+                    }
+                }
+                state.by_key.insert(key.clone(), g);
+                let (tx, _) = broadcast::channel(self.inner.capacity);
+                state.groups.insert(
+                    g,
+                    Group {
+                        filter: Arc::new(filter),
+                        key,
+                        tx,
+                        members: 0,
+                    },
+                );
+                g
+            }
+        };
+        let group = state
+            .groups
+            .get_mut(&g)
+            .unwrap_or_else(|| unreachable!("group {g} was just found or inserted"));
+        group.members += 1;
+        Subscription {
+            rx: group.tx.subscribe(),
+            joined_at,
+            filter: group.filter.clone(),
+            _membership: Membership {
+                inner: self.inner.clone(),
+                group: g,
+            },
         }
     }
 
-    fn send_batch(&self, batch: Batch) {
-        let events = batch.frames.len() as u64;
-        let batch = Arc::new(batch);
-        let mut cursor = lock(&self.inner.cursor);
-        if let Some(id) = batch.last_id {
-            *cursor = Some(id);
-        }
-        let receivers = self.inner.events_tx.send(batch).unwrap_or(0);
-        drop(cursor);
-        metrics::counter!(crate::metrics::EVENTS_DELIVERED).increment(receivers as u64 * events);
+    /// Number of broadcast groups (distinct filters of open streams).
+    pub fn group_count(&self) -> usize {
+        lock(&self.inner.state).groups.len()
     }
 
-    /// A new receiver and the id of the last event sent before it existed
-    /// (`None` if none since start-up and none seeded by [`Hub::seed_cursor`]).
-    pub fn subscribe(&self) -> (broadcast::Receiver<Arc<Batch>>, Option<EventId>) {
-        let cursor = lock(&self.inner.cursor);
-        (self.inner.events_tx.subscribe(), *cursor)
+    /// The most batches any group's slowest receiver has yet to take
+    /// (`broadcast::Sender::len`): 0 when every stream has taken every batch.
+    pub fn backlog(&self) -> usize {
+        lock(&self.inner.state)
+            .groups
+            .values()
+            .map(|g| g.tx.len())
+            .max()
+            .unwrap_or(0)
     }
 
     /// The id of the last event sent (or seeded).
     pub fn cursor(&self) -> Option<EventId> {
-        *lock(&self.inner.cursor)
+        lock(&self.inner.state).cursor
     }
 
     /// Sets the cursor to the newest event in history when nothing newer was
     /// sent yet, so clients that connect before the first live event still
     /// know where they joined.
     pub fn seed_cursor(&self, id: EventId) {
-        let mut cursor = lock(&self.inner.cursor);
-        if cursor.is_none_or(|c| c < id) {
-            *cursor = Some(id);
+        let mut state = lock(&self.inner.state);
+        if state.cursor.is_none_or(|c| c < id) {
+            state.cursor = Some(id);
         }
     }
 
@@ -179,6 +417,12 @@ impl Hub {
     }
 }
 
+/// Sends one batch; returns receivers × events (for `events_delivered_total`).
+fn send_batch(tx: &broadcast::Sender<Arc<Batch>>, frames: Vec<Frame>) -> u64 {
+    let events = frames.len() as u64;
+    tx.send(Arc::new(Batch::new(frames))).unwrap_or(0) as u64 * events
+}
+
 /// Locks a mutex, recovering from poisoning: the guarded value is a plain
 /// cursor that a panicking holder cannot leave half-written.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -191,9 +435,45 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use super::*;
 
+    fn id(ms: u64) -> EventId {
+        EventId { ms, seq: 0 }
+    }
+
+    /// An event on `topics` whose native frame is `id: <ms>-0` / `data: {}`.
+    fn event(ms: u64, topics: &[&str], private: bool) -> Update {
+        let frame = Frame::event(id(ms), "{}");
+        Update {
+            kind: FrameKind::Event(id(ms)),
+            topics: topics.iter().map(|t| (*t).to_owned()).collect(),
+            private,
+            native: frame.bytes.clone(),
+            mercure: Some(frame.bytes),
+        }
+    }
+
+    fn filter(format: Format, selectors: &[&str], allowed: Option<&[&str]>) -> Filter {
+        let parse = |v: &[&str]| v.iter().map(|s| Selector::parse(s)).collect::<Vec<_>>();
+        Filter {
+            format,
+            selectors: parse(selectors),
+            allowed: allowed.map(parse),
+        }
+    }
+
+    fn native(selectors: &[&str]) -> Filter {
+        filter(Format::Native, selectors, None)
+    }
+
+    fn ids(sub: &mut Subscription) -> Vec<EventId> {
+        let mut out = Vec::new();
+        while let Ok(batch) = sub.rx.try_recv() {
+            out.extend(batch.frames.iter().filter_map(Frame::id));
+        }
+        out
+    }
+
     #[test]
     fn batches_join_frames_and_split_by_size() {
-        let id = |ms| EventId { ms, seq: 0 };
         let batch = Batch::new(vec![
             Frame::event(id(1), "{}"),
             Frame::foreign("{}"),
@@ -205,30 +485,108 @@ mod tests {
             b"id: 1-0\ndata: {}\n\ndata: {}\n\nid: 2-0\ndata: {}\n\n"
         );
         let hub = Hub::new(1, 64);
-        let (mut rx, _) = hub.subscribe();
+        let mut sub = hub.subscribe(native(&["*"]));
         let big = "x".repeat(MAX_BATCH_BYTES / 2);
-        hub.send_frames((1..=3).map(|ms| Frame::event(id(ms), &big)).collect());
-        assert_eq!(rx.try_recv().unwrap().frames.len(), 1);
-        assert_eq!(rx.try_recv().unwrap().frames.len(), 1);
-        assert_eq!(rx.try_recv().unwrap().last_id, Some(id(3)));
+        hub.send_updates(
+            (1..=3)
+                .map(|ms| {
+                    let frame = Frame::event(id(ms), &big);
+                    Update {
+                        kind: frame.kind,
+                        topics: Arc::new([]),
+                        private: false,
+                        native: frame.bytes,
+                        mercure: None,
+                    }
+                })
+                .collect(),
+        );
+        assert_eq!(sub.rx.try_recv().unwrap().frames.len(), 1);
+        assert_eq!(sub.rx.try_recv().unwrap().frames.len(), 1);
+        assert_eq!(sub.rx.try_recv().unwrap().last_id, Some(id(3)));
         assert_eq!(hub.cursor(), Some(id(3)));
     }
 
     #[tokio::test]
     async fn subscribe_reports_the_cursor_it_joined_at() {
         let hub = Hub::new(2, 16);
-        let (_rx0, c0) = hub.subscribe();
-        assert_eq!(c0, None);
-        hub.send(Frame::event(EventId { ms: 1, seq: 0 }, "{}"));
-        let (mut rx1, c1) = hub.subscribe();
-        assert_eq!(c1, Some(EventId { ms: 1, seq: 0 }));
-        hub.send(Frame::event(EventId { ms: 2, seq: 0 }, "{}"));
-        assert_eq!(
-            rx1.recv().await.unwrap().last_id,
-            Some(EventId { ms: 2, seq: 0 })
-        );
+        let s0 = hub.subscribe(native(&["*"]));
+        assert_eq!(s0.joined_at, None);
+        hub.send(event(1, &["a"], false));
+        let mut s1 = hub.subscribe(native(&["*"]));
+        assert_eq!(s1.joined_at, Some(id(1)));
+        hub.send(event(2, &["a"], false));
+        assert_eq!(s1.rx.recv().await.unwrap().last_id, Some(id(2)));
         hub.seed_cursor(EventId { ms: 1, seq: 5 });
-        assert_eq!(hub.cursor(), Some(EventId { ms: 2, seq: 0 }));
+        assert_eq!(hub.cursor(), Some(id(2)));
+    }
+
+    #[test]
+    fn events_reach_exactly_the_groups_whose_selectors_match() {
+        let hub = Hub::new(16, 16);
+        let mut exact = hub.subscribe(native(&["books/1"]));
+        let mut exact_twin = hub.subscribe(native(&["books/1"]));
+        let mut other = hub.subscribe(native(&["books/2"]));
+        let mut template = hub.subscribe(native(&["books/{id}"]));
+        let mut any = hub.subscribe(native(&["*"]));
+        let mut mercure = hub.subscribe(filter(Format::Mercure, &["books/1"], None));
+        let mut both = hub.subscribe(native(&["books/1", "authors/9"]));
+        // Same filter → same group; format and selectors tell groups apart.
+        assert_eq!(hub.group_count(), 6);
+        // Canonical topic books/1, alternate authors/9: `both` gets it once.
+        hub.send(event(1, &["books/1", "authors/9"], false));
+        hub.send(event(2, &["books/2"], false));
+        hub.send(event(3, &["elsewhere"], false));
+        assert_eq!(ids(&mut exact), [id(1)]);
+        assert_eq!(ids(&mut exact_twin), [id(1)]);
+        assert_eq!(ids(&mut other), [id(2)]);
+        assert_eq!(ids(&mut template), [id(1), id(2)]);
+        assert_eq!(ids(&mut any), [id(1), id(2), id(3)]);
+        assert_eq!(ids(&mut mercure), [id(1)]);
+        assert_eq!(ids(&mut both), [id(1)]);
+    }
+
+    #[test]
+    fn private_events_need_an_allowing_token() {
+        let hub = Hub::new(16, 16);
+        let mut anonymous = hub.subscribe(native(&["*"]));
+        let mut allowed = hub.subscribe(filter(Format::Native, &["*"], Some(&["users/{id}"])));
+        let mut denied = hub.subscribe(filter(Format::Native, &["*"], Some(&["users/7"])));
+        // Selector on one topic, allowance on the alternate: still delivered.
+        let mut alternate = hub.subscribe(filter(Format::Native, &["feed"], Some(&["users/5"])));
+        hub.send(event(1, &["feed", "users/5"], true));
+        hub.send(event(2, &["feed"], false));
+        assert_eq!(ids(&mut anonymous), [id(2)]);
+        assert_eq!(ids(&mut allowed), [id(1), id(2)]);
+        assert_eq!(ids(&mut denied), [id(2)]);
+        assert_eq!(ids(&mut alternate), [id(1), id(2)]);
+    }
+
+    #[test]
+    fn routing_cost_follows_the_groups_reached_not_the_streams_open() {
+        let hub = Hub::new(20_000, 4);
+        let subs: Vec<_> = (0..10_000)
+            .map(|n| hub.subscribe(native(&[&format!("topic/{n}")])))
+            .collect();
+        let _any = hub.subscribe(native(&["*"]));
+        assert_eq!(hub.group_count(), 10_001);
+        // One exact group plus the one wild group, not 10,001.
+        assert_eq!(hub.route(vec![event(1, &["topic/42"], false)]), 2);
+        drop(subs);
+        // Empty groups leave the index.
+        assert_eq!(hub.group_count(), 1);
+        assert_eq!(hub.route(vec![event(2, &["topic/42"], false)]), 1);
+    }
+
+    #[test]
+    fn resets_go_to_native_streams_only() {
+        let hub = Hub::new(4, 16);
+        let mut n = hub.subscribe(native(&["a"]));
+        let mut m = hub.subscribe(filter(Format::Mercure, &["*"], None));
+        hub.send(Update::reset("history_lost"));
+        assert_eq!(n.rx.try_recv().unwrap().resets, 1);
+        assert!(m.rx.try_recv().is_err());
+        assert_eq!(hub.backlog(), 0);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Domain types: accounts, event ids and the pre-encoded SSE frames that the
 //! fan-out shares between clients. Pure data and validation, no I/O.
 
-use std::{fmt, str::FromStr};
+use std::{fmt, str::FromStr, sync::Arc};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
@@ -177,11 +177,24 @@ fn invalid(field: &str, message: &str) -> ValidationError {
     }
 }
 
-/// The event JSON *after* its id: `"type":…,"serverId":…,"timestamp":…,"data":{…}}`.
+/// The topic every account event is published on, besides `accounts/<id>` (SPEC §8.1).
+pub const ACCOUNTS_TOPIC: &str = "accounts";
+
+/// The topics of an account's `account.created` event: `accounts/<id>`
+/// (canonical) and `accounts` (SPEC §8.1).
+pub fn account_topics(id: uuid::Uuid) -> Vec<String> {
+    vec![format!("{ACCOUNTS_TOPIC}/{id}"), ACCOUNTS_TOPIC.to_owned()]
+}
+
+/// The event JSON *after* its id: `"type":…,"topics":[…],"serverId":…,"timestamp":…,"data":{…}}`.
 /// Stored in history as is; the full event is `{"id":"<id>",` + this, so the
-/// id can be assigned by `XADD` inside the publish script.
+/// id can be assigned by `XADD` inside the publish script (see [`event_json`]).
+///
+/// # Errors
+/// Only if serde cannot serialize (it always can for these types).
 pub fn event_tail(
     account: &Account,
+    private: bool,
     server_id: &str,
     timestamp: &str,
 ) -> Result<String, serde_json::Error> {
@@ -189,12 +202,17 @@ pub fn event_tail(
     #[serde(rename_all = "camelCase")]
     struct Tail<'a> {
         r#type: &'a str,
+        topics: Vec<String>,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        private: bool,
         server_id: &'a str,
         timestamp: &'a str,
         data: &'a Account,
     }
     let json = serde_json::to_string(&Tail {
         r#type: ACCOUNT_CREATED,
+        topics: account_topics(account.id),
+        private,
         server_id,
         timestamp,
         data: account,
@@ -203,9 +221,257 @@ pub fn event_tail(
     Ok(json[1..].to_owned())
 }
 
-/// The full event JSON for an id and a stored tail: `{"id":"<id>",<tail>`.
-pub fn event_json(id: EventId, tail: &str) -> String {
-    format!("{{\"id\":\"{id}\",{tail}")
+/// The default `type` of an update published without one (SPEC §8.2): the
+/// SSE default event type, so the Mercure frame carries no `event:` line.
+pub const DEFAULT_TYPE: &str = "message";
+
+/// An update as a publisher sent it to `POST /.well-known/mercure`, already
+/// validated (SPEC §8.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewUpdate {
+    /// One or more topics; the first is canonical.
+    pub topics: Vec<String>,
+    /// SSE `event:` name, if any.
+    pub r#type: Option<String>,
+    /// The data, any string (may hold newlines).
+    pub data: String,
+    /// Delivered only to subscribers whose token allows one of its topics.
+    pub private: bool,
+    /// SSE `retry:` in ms, if any.
+    pub retry: Option<u64>,
+    /// The publisher's id, if supplied (else the stream entry id is the id).
+    pub id: Option<String>,
+}
+
+impl NewUpdate {
+    /// The event JSON after its id, like [`event_tail`]: the native envelope
+    /// of SPEC §8.2 `{"type","topics","serverId","timestamp","data"}`, where
+    /// `data` is the published data when it is one line of JSON (not a
+    /// string), else the data parsed as JSON, else the string. When the
+    /// envelope's `data` is not the published text verbatim, `"raw"` holds the
+    /// text, so the Mercure frame can repeat it exactly. `"private"` and
+    /// `"retry"` appear when set.
+    ///
+    /// # Errors
+    /// Only if serde cannot serialize (it always can for these types).
+    pub fn tail(&self, server_id: &str, timestamp: &str) -> Result<String, serde_json::Error> {
+        #[derive(Serialize)]
+        #[serde(untagged)]
+        enum Data<'a> {
+            Verbatim(Box<serde_json::value::RawValue>),
+            Parsed(serde_json::Value),
+            Text(&'a str),
+        }
+        #[derive(Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Tail<'a> {
+            r#type: &'a str,
+            topics: &'a [String],
+            #[serde(skip_serializing_if = "std::ops::Not::not")]
+            private: bool,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            retry: Option<u64>,
+            server_id: &'a str,
+            timestamp: &'a str,
+            data: Data<'a>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            raw: Option<&'a str>,
+        }
+        let text = self.data.as_str();
+        let one_line = !text.contains(['\r', '\n']);
+        let (data, raw) = match serde_json::from_str::<serde_json::Value>(text) {
+            Ok(value) if one_line && !value.is_string() && text.trim() == text => (
+                Data::Verbatim(serde_json::value::RawValue::from_string(text.to_owned())?),
+                None,
+            ),
+            Ok(value) => (Data::Parsed(value), Some(text)),
+            Err(_) => (Data::Text(text), None),
+        };
+        let json = serde_json::to_string(&Tail {
+            r#type: self.r#type.as_deref().unwrap_or(DEFAULT_TYPE),
+            topics: &self.topics,
+            private: self.private,
+            retry: self.retry,
+            server_id,
+            timestamp,
+            data,
+            raw,
+        })?;
+        Ok(json[1..].to_owned())
+    }
+
+    /// The supplied id as a JSON string (for [`event_json`]), if any.
+    pub fn id_json(&self) -> Option<String> {
+        self.id
+            .as_ref()
+            .map(|id| serde_json::Value::from(id.as_str()).to_string())
+    }
+}
+
+/// The full event JSON for a stream position and a stored tail:
+/// `{"id":"<position>",<tail>`, or with a publisher-supplied id (given as a
+/// JSON string) `{"id":<supplied>,"streamId":"<position>",<tail>`: the
+/// stream position keeps one order and deduplication for every event.
+pub fn event_json(position: EventId, supplied_id_json: Option<&str>, tail: &str) -> String {
+    match supplied_id_json {
+        None => format!("{{\"id\":\"{position}\",{tail}"),
+        Some(id) => format!("{{\"id\":{id},\"streamId\":\"{position}\",{tail}"),
+    }
+}
+
+/// Output format of a stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Format {
+    /// `GET /events/sse`: unnamed messages whose data is the event JSON (SPEC §3.4).
+    Native,
+    /// `GET /.well-known/mercure`: `event:`, `retry:`, `id:`, `data:` lines (SPEC §8.2).
+    Mercure,
+}
+
+/// A channel message or history entry, decoded once per instance and
+/// encoded once per [`Format`]; shared (`Arc`'d bytes) by every stream.
+#[derive(Debug, Clone)]
+pub struct Update {
+    /// Event (with stream position), foreign message or reset.
+    pub kind: FrameKind,
+    /// The topics, canonical first (empty for resets and topic-less foreign messages).
+    pub topics: Arc<[String]>,
+    /// Private updates reach only subscribers whose token allows a topic (SPEC §8.2).
+    pub private: bool,
+    /// The `/events/sse` frame.
+    pub native: Bytes,
+    /// The `/.well-known/mercure` frame; `None` for what that format has no
+    /// frame for (`event: reset`).
+    pub mercure: Option<Bytes>,
+}
+
+/// A channel message that is neither our event nor a deliverable foreign
+/// message (SPEC §4): logged at `warn` and dropped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Undeliverable {
+    /// Not UTF-8 or not a JSON object.
+    #[error("not a JSON object")]
+    NotAnObject,
+    /// A JSON object without a string `type`.
+    #[error("no string type")]
+    NoType,
+}
+
+/// The fields of a channel message; raw so that any JSON object parses and
+/// `data` keeps its exact text.
+#[derive(Deserialize)]
+struct Wire<'a> {
+    #[serde(borrow, default)]
+    id: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow, default, rename = "streamId")]
+    stream_id: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow, default)]
+    r#type: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow, default)]
+    topics: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow, default)]
+    private: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow, default)]
+    retry: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow, default)]
+    data: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow, default)]
+    raw: Option<&'a serde_json::value::RawValue>,
+}
+
+fn raw_as<T: serde::de::DeserializeOwned>(raw: Option<&serde_json::value::RawValue>) -> Option<T> {
+    raw.and_then(|r| serde_json::from_str(r.get()).ok())
+}
+
+impl Update {
+    /// Decodes a channel message or a history entry's event JSON (SPEC §4).
+    /// Ours — compact JSON starting with `{"id":"…"` whose `streamId`, or
+    /// else `id`, is a stream position — keeps its id and position; any other
+    /// JSON object with a string `type` is a foreign message (live only,
+    /// no id; its `topics` and `private` are honoured when well-formed).
+    ///
+    /// # Errors
+    /// [`Undeliverable`] for anything else.
+    pub fn decode(text: &str) -> Result<Update, Undeliverable> {
+        let wire: Wire<'_> = serde_json::from_str(text).map_err(|_| Undeliverable::NotAnObject)?;
+        let kind: String = raw_as(wire.r#type).ok_or(Undeliverable::NoType)?;
+        let topics: Vec<String> = raw_as(wire.topics).unwrap_or_default();
+        let private: bool = raw_as(wire.private).unwrap_or(false);
+        let wire_id: Option<String> = raw_as(wire.id);
+        let position = raw_as::<String>(wire.stream_id)
+            .or_else(|| wire_id.clone())
+            .and_then(|p| p.parse::<EventId>().ok());
+        let ours = text.starts_with("{\"id\":\"") && !text.contains(['\n', '\r']);
+        let (Some(position), Some(wire_id), true) = (position, wire_id, ours) else {
+            let bytes = data_lines(None, text);
+            return Ok(Update {
+                kind: FrameKind::Foreign,
+                topics: topics.into(),
+                private,
+                native: bytes.clone(),
+                mercure: Some(bytes),
+            });
+        };
+        let data: String = match (raw_as::<String>(wire.raw), wire.data) {
+            (Some(raw), _) => raw,
+            (None, None) => String::new(),
+            (None, Some(data)) => {
+                serde_json::from_str::<String>(data.get()).unwrap_or_else(|_| data.get().to_owned())
+            }
+        };
+        let retry: Option<u64> = raw_as(wire.retry);
+        let mut mercure = BytesMut::with_capacity(data.len() + wire_id.len() + 48);
+        if kind != DEFAULT_TYPE {
+            mercure.put_slice(b"event: ");
+            mercure.put_slice(kind.as_bytes());
+            mercure.put_u8(b'\n');
+        }
+        if let Some(retry) = retry {
+            mercure.put_slice(format!("retry: {retry}\n").as_bytes());
+        }
+        mercure.put_slice(b"id: ");
+        mercure.put_slice(wire_id.as_bytes());
+        mercure.put_u8(b'\n');
+        mercure.put_slice(&data_lines(None, &data));
+        Ok(Update {
+            kind: FrameKind::Event(position),
+            topics: topics.into(),
+            private,
+            native: Frame::event_with_id(position, &wire_id, text).bytes,
+            mercure: Some(mercure.freeze()),
+        })
+    }
+
+    /// `event: reset` for native streams (SPEC §3.4); Mercure streams get nothing.
+    pub fn reset(reason: &str) -> Update {
+        Update {
+            kind: FrameKind::Reset,
+            topics: Arc::new([]),
+            private: false,
+            native: Frame::reset(reason).bytes,
+            mercure: None,
+        }
+    }
+
+    /// The stream position if this is one of our events.
+    pub fn id(&self) -> Option<EventId> {
+        match self.kind {
+            FrameKind::Event(id) => Some(id),
+            _ => None,
+        }
+    }
+
+    /// The frame a stream of `format` is sent, if that format has one.
+    pub fn frame(&self, format: Format) -> Option<Frame> {
+        let bytes = match format {
+            Format::Native => self.native.clone(),
+            Format::Mercure => self.mercure.clone()?,
+        };
+        Some(Frame {
+            kind: self.kind,
+            bytes,
+        })
+    }
 }
 
 /// What a frame means to a client's stream.
@@ -232,14 +498,20 @@ impl Frame {
     /// `id: <id>\ndata: <json>\n\n` — an unnamed message, so `onmessage` gets it.
     /// `json` must be one line (serde_json output always is).
     pub fn event(id: EventId, json: &str) -> Self {
+        Self::event_with_id(id, &id.to_string(), json)
+    }
+
+    /// Like [`Frame::event`] with the `id:` line showing `wire_id` (a
+    /// publisher-supplied id) while `position` orders and deduplicates.
+    pub fn event_with_id(position: EventId, wire_id: &str, json: &str) -> Self {
         let mut buf = BytesMut::with_capacity(json.len() + 40);
         buf.put_slice(b"id: ");
-        buf.put_slice(id.to_string().as_bytes());
+        buf.put_slice(wire_id.as_bytes());
         buf.put_slice(b"\ndata: ");
         buf.put_slice(json.as_bytes());
         buf.put_slice(b"\n\n");
         Self {
-            kind: FrameKind::Event(id),
+            kind: FrameKind::Event(position),
             bytes: buf.freeze(),
         }
     }
@@ -384,8 +656,8 @@ mod tests {
             created_at: now_rfc3339_ms(),
             server_id: "s".to_owned(),
         };
-        let tail = event_tail(&account, "s", &account.created_at).unwrap();
-        let json = event_json(EventId { ms: 1, seq: 2 }, &tail);
+        let tail = event_tail(&account, false, "s", &account.created_at).unwrap();
+        let json = event_json(EventId { ms: 1, seq: 2 }, None, &tail);
         let v: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(v["id"], "1-2");
         assert_eq!(v["type"], ACCOUNT_CREATED);
@@ -585,8 +857,8 @@ mod props {
                 server_id: server_id.clone(),
             };
             let id = EventId { ms, seq };
-            let tail = event_tail(&account, &server_id, &account.created_at).unwrap();
-            let json = event_json(id, &tail);
+            let tail = event_tail(&account, false, &server_id, &account.created_at).unwrap();
+            let json = event_json(id, None, &tail);
             let frame = Frame::event(id, &json);
             let events = whatwg_events(&frame.bytes);
             prop_assert_eq!(events.len(), 1, "{:?}", frame.bytes);

@@ -2,7 +2,7 @@
 //! and events are published to every instance. Routes use only [`Bus`]; no
 //! Redis type leaves this module.
 
-use crate::model::{Account, EventId, Frame};
+use crate::model::{Account, EventId, NewUpdate, Update};
 
 pub mod memory;
 pub mod redis;
@@ -38,7 +38,7 @@ pub enum History {
     /// caller cannot know what it missed and must signal `reset`.
     Missing,
     /// Up to `limit` events after the id, oldest first.
-    Events(Vec<Frame>),
+    Events(Vec<Update>),
 }
 
 /// Health of the bus as `/health` reports it (SPEC §3.3).
@@ -73,13 +73,50 @@ impl Bus {
     ///
     /// # Errors
     /// [`BusError`] when Redis is unavailable; then nothing was stored.
-    pub async fn create_account(&self, name: String, balance: u64) -> Result<Account, BusError> {
+    /// The event is on the topics `accounts/<id>` and `accounts`, private
+    /// when `private` (`ACCOUNT_EVENTS_PRIVATE`, SPEC §8.1).
+    pub async fn create_account(
+        &self,
+        name: String,
+        balance: u64,
+        private: bool,
+    ) -> Result<Account, BusError> {
         let account = match self {
-            Bus::Memory(bus) => bus.create_account(name, balance),
-            Bus::Redis(bus) => bus.create_account(name, balance).await,
+            Bus::Memory(bus) => bus.create_account(name, balance, private),
+            Bus::Redis(bus) => bus.create_account(name, balance, private).await,
         }?;
         metrics::counter!(crate::metrics::EVENTS_PUBLISHED).increment(1);
         Ok(account)
+    }
+
+    /// Appends a Mercure update to history and publishes it, all or nothing
+    /// (SPEC §8.3); returns its id (the supplied one, else the stream id).
+    /// A supplied id still in history is not published again: its id is
+    /// returned and nothing changes (idempotent publishing).
+    ///
+    /// # Errors
+    /// [`BusError`] when Redis is unavailable; then nothing was stored.
+    pub async fn publish(&self, update: &NewUpdate) -> Result<String, BusError> {
+        let id = match self {
+            Bus::Memory(bus) => bus.publish(update),
+            Bus::Redis(bus) => bus.publish(update).await,
+        }?;
+        metrics::counter!(crate::metrics::EVENTS_PUBLISHED).increment(1);
+        Ok(id)
+    }
+
+    /// The stream position of an event id as a client sends it in
+    /// `Last-Event-ID`: a publisher-supplied id, else a stream id; `None` if
+    /// it is neither. Whether the event is still retained is for
+    /// [`Bus::history_after`] to say.
+    ///
+    /// # Errors
+    /// [`BusError`] when Redis is unavailable.
+    pub async fn resolve(&self, id: &str) -> Result<Option<EventId>, BusError> {
+        match self {
+            Bus::Memory(bus) => Ok(bus.resolve(id)),
+            Bus::Redis(bus) => bus.resolve(id).await,
+        }
     }
 
     /// The account with this id, if any.
@@ -93,15 +130,19 @@ impl Bus {
         }
     }
 
-    /// Up to `limit` retained events after `after`, oldest first; `Missing`
-    /// if `after` itself is not retained.
+    /// Up to `limit` retained events after `after` (`None`: from the
+    /// oldest retained), oldest first; `Missing` if `after` itself is not retained.
     ///
     /// # Errors
     /// [`BusError`] when Redis is unavailable.
-    pub async fn history_after(&self, after: EventId, limit: usize) -> Result<History, BusError> {
+    pub async fn history_after(
+        &self,
+        after: Option<EventId>,
+        limit: usize,
+    ) -> Result<History, BusError> {
         match self {
             Bus::Memory(bus) => Ok(bus.history_after(after, limit)),
-            Bus::Redis(bus) => bus.history_after(Some(after), limit).await,
+            Bus::Redis(bus) => bus.history_after(after, limit).await,
         }
     }
 

@@ -18,30 +18,100 @@ use tokio_util::sync::CancellationToken;
 use super::{BusError, BusHealth, History};
 use crate::{
     hub::Hub,
-    model::{self, Account, EventId, Frame},
+    model::{self, Account, EventId, NewUpdate, Update},
 };
 
 /// Upper bound on one Redis command, in ms: a POST while Redis is down fails
 /// with 503 after at most this long instead of hanging.
 pub const COMMAND_TIMEOUT_MS: u64 = 2000;
 
-/// Stores the account, appends the event to history and publishes it, in one
-/// atomic step, so the channel's order is history's order and a subscriber
-/// never sees an event history lacks (SPEC §3.1 "All or nothing").
-/// The stream entry id `XADD` assigns is the event id.
+/// Appends one event to history and publishes it, in one atomic step, so
+/// the channel's order is history's order and a subscriber never sees an
+/// event history lacks (SPEC §3.1 "All or nothing", §8.3). For an account
+/// event it also stores the account. The stream entry id `XADD` assigns is
+/// the event's position (and its id unless the publisher supplied one).
 ///
-/// KEYS[1] = `account:<id>`, KEYS[2] = `<channel>:history`.
-/// ARGV[1] = account JSON, ARGV[2] = `EVENT_HISTORY_LEN` (`MAXLEN ~`),
-/// ARGV[3] = event tail (the event JSON after its id, see [`model::event_tail`]),
-/// ARGV[4] = channel. Returns the entry id.
-/// `XADD` runs first: it is the command that can fail on a wrong key type,
-/// and a script that fails before any write changes nothing.
+/// KEYS[1] = history stream, KEYS[2] = supplied-id hash (id → position),
+/// KEYS[3] = supplied-id order (sorted set, score = position ms), KEYS[4]
+/// (account events only) = `account:<id>`.
+/// ARGV[1] = `EVENT_HISTORY_LEN` (`MAXLEN ~`), ARGV[2] = channel,
+/// ARGV[3] = event tail (see [`model::event_tail`]), ARGV[4] = supplied id
+/// or '', ARGV[5] = supplied id as a JSON string or '', ARGV[6] = account JSON.
+/// Returns `{position, 1}` when published, `{position, 0}` when the supplied
+/// id is still in history (idempotent publishing: nothing is written).
+///
+/// Supplied ids are pruned here: after `XADD` trims history, the ids of
+/// events older than the oldest retained entry's millisecond are deleted
+/// (at most 100 per publish, so the work per call stays bounded). A lookup
+/// also checks that the entry is still in history, so an id whose event was
+/// trimmed resolves to nothing even before it is pruned.
+/// Every command that can fail on a wrong key type (`HGET`, `ZCARD`,
+/// `XADD`) runs before the first write, so a script that fails changes nothing.
 const PUBLISH_SCRIPT: &str = r#"
-local id = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'tail', ARGV[3])
-redis.call('SET', KEYS[1], ARGV[1])
-redis.call('PUBLISH', ARGV[4], '{"id":"' .. id .. '",' .. ARGV[3])
-return id
+local supplied = ARGV[4]
+if supplied ~= '' then
+  local known = redis.call('HGET', KEYS[2], supplied)
+  if known and #redis.call('XRANGE', KEYS[1], known, known) > 0 then
+    return {known, 0}
+  end
+end
+local tracked = redis.call('ZCARD', KEYS[3])
+local id
+if supplied ~= '' then
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'tail', ARGV[3], 'sid', ARGV[5])
+  redis.call('HSET', KEYS[2], supplied, id)
+  redis.call('ZADD', KEYS[3], tonumber(string.match(id, '^(%d+)')), supplied)
+  tracked = tracked + 1
+else
+  id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'tail', ARGV[3])
+end
+if tracked > 0 then
+  local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1][1]
+  local bound = '(' .. string.match(oldest, '^(%d+)')
+  local gone = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', bound, 'LIMIT', 0, 100)
+  if #gone > 0 then
+    redis.call('HDEL', KEYS[2], unpack(gone))
+    redis.call('ZREM', KEYS[3], unpack(gone))
+  end
+end
+if #KEYS >= 4 then
+  redis.call('SET', KEYS[4], ARGV[6])
+end
+local head
+if supplied ~= '' then
+  head = '{"id":' .. ARGV[5] .. ',"streamId":"' .. id .. '",'
+else
+  head = '{"id":"' .. id .. '",'
+end
+redis.call('PUBLISH', ARGV[2], head .. ARGV[3])
+return {id, 1}
 "#;
+
+/// Every Redis key of a channel, computed in one place (SPEC §4, §9).
+#[derive(Debug, Clone)]
+pub(super) struct Keys {
+    /// `<channel>:history`: the Redis Stream of recent events.
+    pub(super) history: String,
+    /// `<channel>:ids`: hash from a publisher-supplied event id to its position.
+    pub(super) supplied_ids: String,
+    /// `<channel>:ids:order`: the same ids scored by position ms, for pruning.
+    pub(super) supplied_order: String,
+}
+
+impl Keys {
+    fn new(channel: &str) -> Self {
+        Self {
+            history: format!("{channel}:history"),
+            supplied_ids: format!("{channel}:ids"),
+            supplied_order: format!("{channel}:ids:order"),
+        }
+    }
+
+    /// `account:<id>` (SPEC §4).
+    pub(super) fn account(&self, id: uuid::Uuid) -> String {
+        format!("account:{id}")
+    }
+}
 
 /// Handle to Redis shared by routes and the subscriber. Cheap to clone.
 #[derive(Clone)]
@@ -60,8 +130,8 @@ struct Inner {
     subscribed: AtomicBool,
     /// Pub/sub channel name.
     channel: String,
-    /// `<channel>:history`: the Redis Stream of recent events.
-    history_key: String,
+    /// Every key this bus uses.
+    keys: Keys,
     /// `EVENT_HISTORY_LEN`.
     history_len: u64,
     /// `SERVER_ID`.
@@ -96,7 +166,7 @@ impl RedisBus {
                 commands: OnceCell::new(),
                 subscribed: AtomicBool::new(false),
                 channel: channel.to_owned(),
-                history_key: format!("{channel}:history"),
+                keys: Keys::new(channel),
                 history_len,
                 server_id: server_id.to_owned(),
                 script: redis::Script::new(PUBLISH_SCRIPT),
@@ -163,27 +233,79 @@ impl RedisBus {
         &self,
         name: String,
         balance: u64,
+        private: bool,
     ) -> Result<Account, BusError> {
-        let mut conn = self.commands()?;
         let account = Account::new(name, balance, &self.inner.server_id);
         let account_json =
             serde_json::to_string(&account).map_err(|e| BusError::Corrupt(e.to_string()))?;
-        let tail = model::event_tail(&account, &self.inner.server_id, &account.created_at)
-            .map_err(|e| BusError::Corrupt(e.to_string()))?;
-        let mut invocation = self.inner.script.key(account_key(account.id));
-        invocation
-            .key(&self.inner.history_key)
-            .arg(account_json)
-            .arg(self.inner.history_len)
-            .arg(tail)
-            .arg(&self.inner.channel);
-        let _id: String = timed(invocation.invoke_async(&mut conn)).await?;
+        let tail = model::event_tail(
+            &account,
+            private,
+            &self.inner.server_id,
+            &account.created_at,
+        )
+        .map_err(|e| BusError::Corrupt(e.to_string()))?;
+        self.append(
+            &tail,
+            None,
+            Some((self.inner.keys.account(account.id), account_json)),
+        )
+        .await?;
         Ok(account)
+    }
+
+    pub(super) async fn publish(&self, update: &NewUpdate) -> Result<String, BusError> {
+        let tail = update
+            .tail(&self.inner.server_id, &model::now_rfc3339_ms())
+            .map_err(|e| BusError::Corrupt(e.to_string()))?;
+        let position = self.append(&tail, Some(update), None).await?;
+        Ok(update.id.clone().unwrap_or(position))
+    }
+
+    /// Runs [`PUBLISH_SCRIPT`]; returns the event's position.
+    async fn append(
+        &self,
+        tail: &str,
+        update: Option<&NewUpdate>,
+        account: Option<(String, String)>,
+    ) -> Result<String, BusError> {
+        let mut conn = self.commands()?;
+        let keys = &self.inner.keys;
+        let mut invocation = self.inner.script.key(&keys.history);
+        invocation.key(&keys.supplied_ids).key(&keys.supplied_order);
+        let (account_key, account_json) = account.unzip();
+        if let Some(key) = account_key {
+            invocation.key(key);
+        }
+        let supplied = update.and_then(|u| u.id.clone()).unwrap_or_default();
+        let supplied_json = update.and_then(NewUpdate::id_json).unwrap_or_default();
+        invocation
+            .arg(self.inner.history_len)
+            .arg(&self.inner.channel)
+            .arg(tail)
+            .arg(supplied)
+            .arg(supplied_json)
+            .arg(account_json.unwrap_or_default());
+        let (position, _published): (String, i64) =
+            timed(invocation.invoke_async(&mut conn)).await?;
+        Ok(position)
+    }
+
+    /// The position of an event id: a supplied id (`HGET` of the id hash;
+    /// whether it is still retained is checked by the history read that
+    /// follows), else the id itself if it has the stream id form.
+    pub(super) async fn resolve(&self, id: &str) -> Result<Option<EventId>, BusError> {
+        let mut conn = self.commands()?;
+        let known: Option<String> = timed(conn.hget(&self.inner.keys.supplied_ids, id)).await?;
+        Ok(match known {
+            Some(position) => Some(parse_id(&position)?),
+            None => id.parse().ok(),
+        })
     }
 
     pub(super) async fn get_account(&self, id: uuid::Uuid) -> Result<Option<Account>, BusError> {
         let mut conn = self.commands()?;
-        let json: Option<String> = timed(conn.get(account_key(id))).await?;
+        let json: Option<String> = timed(conn.get(self.inner.keys.account(id))).await?;
         json.map(|j| serde_json::from_str(&j).map_err(|e| BusError::Corrupt(e.to_string())))
             .transpose()
     }
@@ -200,7 +322,7 @@ impl RedisBus {
         limit: usize,
     ) -> Result<History, BusError> {
         let mut conn = self.commands()?;
-        let key = &self.inner.history_key;
+        let key = &self.inner.keys.history;
         let entries = match after {
             Some(after) => {
                 let mut entries: Vec<StreamEntry> = timed(
@@ -235,7 +357,7 @@ impl RedisBus {
         };
         entries
             .into_iter()
-            .map(|entry| entry.into_frame())
+            .map(StreamEntry::into_update)
             .collect::<Result<_, _>>()
             .map(History::Events)
     }
@@ -245,7 +367,7 @@ impl RedisBus {
         let mut conn = self.commands()?;
         let entries: Vec<StreamEntry> = timed(
             redis::cmd("XREVRANGE")
-                .arg(&self.inner.history_key)
+                .arg(&self.inner.keys.history)
                 .arg("+")
                 .arg("-")
                 .arg("COUNT")
@@ -270,11 +392,6 @@ impl RedisBus {
     }
 }
 
-/// `account:<id>` (SPEC §4).
-fn account_key(id: uuid::Uuid) -> String {
-    format!("account:{id}")
-}
-
 /// One `XRANGE` entry: id and flat field/value list.
 #[derive(Debug)]
 struct StreamEntry(String, Vec<String>);
@@ -287,15 +404,20 @@ impl redis::FromRedisValue for StreamEntry {
 }
 
 impl StreamEntry {
-    fn into_frame(self) -> Result<Frame, BusError> {
+    /// The entry as an update: `tail` and, for a publisher-supplied id,
+    /// `sid` (the id as a JSON string) rebuild the channel message exactly.
+    fn into_update(self) -> Result<Update, BusError> {
         let id = parse_id(&self.0)?;
-        let tail = self
-            .1
-            .chunks(2)
-            .find(|kv| kv.first().map(String::as_str) == Some("tail"))
-            .and_then(|kv| kv.get(1))
+        let field = |name: &str| {
+            self.1
+                .chunks(2)
+                .find(|kv| kv.first().map(String::as_str) == Some(name))
+                .and_then(|kv| kv.get(1))
+        };
+        let tail = field("tail")
             .ok_or_else(|| BusError::Corrupt(format!("history entry {id} has no tail field")))?;
-        Ok(Frame::event(id, &model::event_json(id, tail)))
+        let json = model::event_json(id, field("sid").map(String::as_str), tail);
+        Update::decode(&json).map_err(|err| BusError::Corrupt(format!("history entry {id}: {err}")))
     }
 }
 

@@ -12,7 +12,7 @@ use super::{redis::RedisBus, BusError, History, HISTORY_PAGE};
 use crate::{
     hub::{Hub, MAX_BATCH_BYTES},
     metrics::{EVENTS_RECEIVED, REDIS_RECONNECTS},
-    model::{EventId, Frame},
+    model::{EventId, Update},
 };
 
 /// First reconnect delay; doubles per failed attempt up to [`MAX_BACKOFF`].
@@ -127,7 +127,7 @@ pub(super) async fn run(
                         // of what local clients can see.
                         metrics::counter!(EVENTS_RECEIVED).increment(batch.frames.len() as u64);
                         last_batch_len = batch.frames.len();
-                        hub.send_frames(batch.frames);
+                        hub.send_updates(batch.frames);
                         last_send = Instant::now();
                     }
                     if ended {
@@ -181,7 +181,7 @@ async fn subscribe_and_fill(bus: &RedisBus, hub: &Hub) -> Result<redis::aio::Pub
             History::Missing => {
                 tracing::warn!(event.id = ?after.map(|a| a.to_string()),
                     "history no longer holds the last forwarded event; sending reset to local clients");
-                hub.send(Frame::reset("history_lost"));
+                hub.send(Update::reset("history_lost"));
                 match bus.history_after(None, HISTORY_PAGE).await? {
                     History::Events(events) => {
                         events.into_iter().filter(|f| f.id() > after).collect()
@@ -195,7 +195,7 @@ async fn subscribe_and_fill(bus: &RedisBus, hub: &Hub) -> Result<redis::aio::Pub
             after = last.id();
         }
         metrics::counter!(EVENTS_RECEIVED).increment(events.len() as u64);
-        hub.send_frames(events);
+        hub.send_updates(events);
         if !full {
             break;
         }
@@ -203,10 +203,11 @@ async fn subscribe_and_fill(bus: &RedisBus, hub: &Hub) -> Result<redis::aio::Pub
     Ok(pubsub)
 }
 
-/// Frames gathered from the channel for one send to the hub.
+/// Updates gathered from the channel for one send to the hub: an ordered
+/// batch of decoded events (the batching policy above stays swappable).
 #[derive(Default)]
 struct Batch {
-    frames: Vec<Frame>,
+    frames: Vec<Update>,
     /// Encoded size so far, in bytes.
     bytes: usize,
     /// Newest id in `frames`, for deduplication before the hub sees them.
@@ -214,46 +215,30 @@ struct Batch {
 }
 
 impl Batch {
-    /// Classifies one channel message (SPEC §4) and adds it: our events
-    /// (compact JSON starting with an `id` that is a stream id) keep their id
-    /// and are dropped if at or before the hub's cursor or this batch's last
-    /// id (the gap fill may have sent them); any other JSON object with a
-    /// string `type` is passed through live, without id; anything else is
-    /// logged and dropped.
+    /// Decodes one channel message (SPEC §4, [`Update::decode`]) and adds
+    /// it: our events keep their id and are dropped if at or before the
+    /// hub's cursor or this batch's last id (the gap fill may have sent
+    /// them); foreign messages pass through live, without id; anything else
+    /// is logged and dropped.
     fn push(&mut self, hub: &Hub, payload: &[u8]) {
-        let parsed = std::str::from_utf8(payload)
-            .ok()
-            .and_then(|text| Some((text, serde_json::from_str::<serde_json::Value>(text).ok()?)));
-        let Some((text, serde_json::Value::Object(map))) = parsed else {
-            tracing::warn!(
-                bytes = payload.len(),
-                "dropped a channel message that is not a JSON object"
-            );
-            return;
-        };
-        if !map.get("type").is_some_and(serde_json::Value::is_string) {
-            tracing::warn!(
-                bytes = payload.len(),
-                "dropped a channel message without a string type"
-            );
-            return;
-        }
-        let id = map
-            .get("id")
-            .and_then(serde_json::Value::as_str)
-            .and_then(|s| s.parse::<EventId>().ok());
-        let frame = match id {
-            Some(id) if text.starts_with("{\"id\":\"") && !text.contains(['\n', '\r']) => {
-                let newest = self.last.max(hub.cursor());
-                if newest.is_some_and(|newest| id <= newest) {
-                    return; // Already forwarded by the gap fill.
-                }
-                self.last = Some(id);
-                Frame::event(id, text)
+        let decoded = std::str::from_utf8(payload)
+            .map_err(|_| crate::model::Undeliverable::NotAnObject)
+            .and_then(Update::decode);
+        let update = match decoded {
+            Ok(update) => update,
+            Err(err) => {
+                tracing::warn!(bytes = payload.len(), "dropped a channel message: {err}");
+                return;
             }
-            _ => Frame::foreign(text),
         };
-        self.bytes += frame.bytes.len();
-        self.frames.push(frame);
+        if let Some(id) = update.id() {
+            let newest = self.last.max(hub.cursor());
+            if newest.is_some_and(|newest| id <= newest) {
+                return; // Already forwarded by the gap fill.
+            }
+            self.last = Some(id);
+        }
+        self.bytes += update.native.len();
+        self.frames.push(update);
     }
 }

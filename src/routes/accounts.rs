@@ -43,11 +43,14 @@ pub(super) async fn create_account(
 ) -> Result<Response, ApiError> {
     // SPEC §8.4: the same rule as a Mercure publish, for the topic `accounts`.
     state
-        .authorizer
+        .auth
         .authorize_publish(request.headers(), request.uri().query(), &["accounts"])?;
     let value = crate::error::json_body(request, state.config.max_body_bytes).await?;
     let (name, balance) = NewAccount::from_json(value)?;
-    let account = state.bus.create_account(name, balance).await?;
+    let account = state
+        .bus
+        .create_account(name, balance, state.config.account_events_private)
+        .await?;
     tracing::info!(account.id = %account.id, "created account {}", account.id);
     let location = format!("/accounts/{}", account.id);
     Ok((

@@ -1,12 +1,14 @@
-//! `GET /events/sse` (SPEC §3.4): preamble, resume from history, live
-//! fan-out with coalesced writes, lag catch-up, keep-alive, and an end on
-//! shutdown.
+//! The SSE streams: `GET /events/sse` (SPEC §3.4, native format) and the
+//! Mercure subscribe of `GET /.well-known/mercure` (SPEC §8.2): admission,
+//! authorization, topic filter, resume from history, live fan-out with
+//! coalesced writes, lag catch-up, keep-alive, and an end on shutdown or
+//! token expiry.
 
-use std::{convert::Infallible, pin::pin, sync::Arc};
+use std::{convert::Infallible, pin::pin, sync::Arc, time::SystemTime};
 
 use axum::{
     body::Body,
-    extract::{Query, State},
+    extract::State,
     http::{header, HeaderMap, HeaderValue, Uri},
     response::{IntoResponse, Response},
     routing::get,
@@ -14,16 +16,16 @@ use axum::{
 };
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
-use serde::Deserialize;
 use tokio::sync::broadcast::{self, error::TryRecvError};
 
 use crate::{
     bus::{History, HISTORY_PAGE},
     error::ApiError,
-    hub::{Batch, ClientPermit},
+    hub::{Batch, ClientPermit, Filter, Subscription},
     metrics::SSE_RESETS,
-    model::{EventId, Frame, FrameKind},
+    model::{EventId, Format, Frame, FrameKind, Update},
     state::AppState,
+    topic::Selector,
 };
 
 /// Most bytes joined into one body chunk (one socket write). Under load a
@@ -39,27 +41,26 @@ pub(super) fn router() -> Router<AppState> {
     Router::new().route("/events/sse", get(stream_events))
 }
 
-#[derive(Debug, Deserialize)]
-struct ResumeQuery {
-    #[serde(rename = "lastEventId")]
-    last_event_id: Option<String>,
-}
+/// Most topic selectors one stream may ask for (SPEC §8.2).
+pub const MAX_SELECTORS: usize = 1000;
 
-/// Where a new stream starts.
+/// What the client asked to resume from (SPEC §3.4, §8.5).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Resume {
     /// No `Last-Event-ID`: live events only.
     Live,
-    /// Replay retained events after this id, then live.
-    After(EventId),
-    /// A `Last-Event-ID` that is not an event id: `reset`, then live.
+    /// Replay retained events after this id (generated or supplied), then live.
+    After(String),
+    /// `earliest`: every retained event, then live.
+    Earliest,
+    /// A `Last-Event-ID` header that is not text: `reset`, then live.
     Malformed,
 }
 
 impl Resume {
-    /// `Last-Event-ID` header, else `?lastEventId=`; the header wins (SPEC §3.4).
-    /// An empty value means no id (WHATWG HTML §9.2: the browser sends the
-    /// last id it saw, which may be empty).
+    /// `Last-Event-ID` header, else the `lastEventID` / `lastEventId` query
+    /// parameter; the header wins (SPEC §8.5). An empty value means no id
+    /// (WHATWG HTML §9.2: the browser sends the last id it saw, which may be empty).
     pub fn from_request(headers: &HeaderMap, query: Option<&str>) -> Self {
         let header = headers
             .get("last-event-id")
@@ -71,22 +72,166 @@ impl Resume {
         };
         match raw {
             None => Resume::Live,
-            Some(raw) => raw.parse().map_or(Resume::Malformed, Resume::After),
+            Some("earliest") => Resume::Earliest,
+            Some(raw) => Resume::After(raw.to_owned()),
         }
     }
 }
 
-/// Opens a stream: `503 too_many_clients` beyond `MAX_SSE_CLIENTS`, else
-/// `200 text/event-stream`. The client is subscribed before the response is
-/// built, so it receives every event accepted after `event: connected`.
+/// A subscribe request's query: `topic` selectors (repeatable) and the
+/// resume id. A query that does not parse yields nothing, never an HTTP
+/// error (EventSource stops reconnecting on errors, SPEC §3.4).
+#[derive(Debug, Default)]
+pub struct SubscribeQuery {
+    /// The `topic` parameters, in order.
+    pub topics: Vec<String>,
+    /// `lastEventID` or `lastEventId` (both accepted on both endpoints).
+    pub last_event_id: Option<String>,
+}
+
+impl SubscribeQuery {
+    /// Parses `query` (`application/x-www-form-urlencoded`).
+    pub fn parse(query: Option<&str>) -> Self {
+        let mut out = Self::default();
+        for (name, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+            match &*name {
+                "topic" => out.topics.push(value.into_owned()),
+                "lastEventID" | "lastEventId" => out.last_event_id = Some(value.into_owned()),
+                _ => {}
+            }
+        }
+        out
+    }
+}
+
+/// Where a stream starts, once the requested id is resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Begin {
+    /// Live events only.
+    Live,
+    /// Replay after this position, then live.
+    After(EventId),
+    /// Replay every retained event, then live.
+    Oldest,
+    /// `event: reset` with this reason, then live (native format only).
+    Reset(&'static str),
+}
+
+/// Resolves the requested id: for the native format an id that is not
+/// retained is `reset` (SPEC §3.4); for Mercure it is a replay from the
+/// earliest retained event with the response header `Last-Event-ID:
+/// earliest` (SPEC §8.5). Returns the start and that header's value.
+async fn resolve_start(
+    state: &AppState,
+    format: Format,
+    resume: Resume,
+) -> (Begin, Option<String>) {
+    let unknown = |reason| match format {
+        Format::Native => (Begin::Reset(reason), None),
+        Format::Mercure => (Begin::Oldest, Some("earliest".to_owned())),
+    };
+    match resume {
+        Resume::Live => (Begin::Live, None),
+        Resume::Earliest => (Begin::Oldest, Some("earliest".to_owned())),
+        Resume::Malformed => unknown("malformed_event_id"),
+        Resume::After(raw) => match state.bus.resolve(&raw).await {
+            Ok(Some(position)) => match state.bus.history_after(Some(position), 0).await {
+                Ok(History::Events(_)) => (Begin::After(position), Some(raw)),
+                Ok(History::Missing) => unknown("unknown_event_id"),
+                Err(err) => {
+                    tracing::warn!(error = %err, "history read failed; sending reset: {err}");
+                    unknown("history_unavailable")
+                }
+            },
+            Ok(None) => unknown("malformed_event_id"),
+            Err(err) => {
+                tracing::warn!(error = %err, "event id lookup failed; sending reset: {err}");
+                unknown("history_unavailable")
+            }
+        },
+    }
+}
+
+/// Everything a subscribe route hands to [`open_stream`].
+struct StreamRequest {
+    format: Format,
+    selectors: Vec<String>,
+    resume: Resume,
+}
+
+/// Admits, authorizes and subscribes a stream, resolves its resume point
+/// and builds the response: `503 too_many_clients` beyond `MAX_SSE_CLIENTS`
+/// (both endpoints together), `400` beyond [`MAX_SELECTORS`], `401` for a
+/// bad subscriber token, else `200 text/event-stream`. The stream is
+/// subscribed before the response exists, so it receives every event
+/// accepted after its headers (SPEC §8.2).
+async fn open_stream(
+    state: AppState,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    request: StreamRequest,
+) -> Result<Response, ApiError> {
+    let permit = state.hub.try_admit().ok_or(ApiError::TooManyClients {
+        retry_after: FULL_RETRY_AFTER_SECS,
+    })?;
+    if request.selectors.len() > MAX_SELECTORS {
+        return Err(ApiError::BadRequest(format!(
+            "at most {MAX_SELECTORS} topic selectors per subscription, got {}",
+            request.selectors.len()
+        )));
+    }
+    let auth = state.auth.authorize_subscribe(headers, query)?;
+    let filter = Filter {
+        format: request.format,
+        selectors: request
+            .selectors
+            .iter()
+            .map(|s| Selector::parse(s))
+            .collect(),
+        allowed: (!auth.anonymous).then(|| auth.subscribe.clone()),
+    };
+    let subscription = state.hub.subscribe(filter);
+    let (begin, last_event_id) = resolve_start(&state, request.format, request.resume).await;
+    let expires_at = auth.expires_at;
+    let body = Body::from_stream(event_stream(state, subscription, begin, permit, expires_at));
+    let mut response = body.into_response();
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    match request.format {
+        Format::Native => {
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        }
+        Format::Mercure => {
+            // As the Go hub sends them (subscribe.go).
+            h.insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("private, no-cache, no-store, must-revalidate, max-age=0"),
+            );
+            if let Some(value) = last_event_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
+                h.insert("last-event-id", value);
+            }
+        }
+    }
+    Ok(response)
+}
+
+/// Opens a native stream (SPEC §3.4, §8.2): no `topic` means `*`.
 #[utoipa::path(get, path = "/events/sse", tag = "events",
     params(
-        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id"),
-        ("lastEventId" = Option<String>, Query, description = "Resume after this event id (the header wins)"),
+        ("topic" = Option<Vec<String>>, Query, description = "Topic selectors (`*`, exact, URI template); repeatable; none = `*`"),
+        ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id, or `earliest`"),
+        ("lastEventId" = Option<String>, Query, description = "Resume after this event id (the header wins); `lastEventID` too"),
     ),
     responses(
         (status = 200, description = "An endless text/event-stream: `retry:`, `event: connected`, then one unnamed message per event (`id:` + one-line JSON `data:`), `event: reset` when a resume is impossible, `: keep-alive` comments",
             body = String, content_type = "text/event-stream"),
+        (status = 400, description = "`bad_request`: more than 1,000 topic selectors", body = crate::error::ErrorBody),
+        (status = 401, description = "`unauthorized`: invalid or expired subscriber token", body = crate::error::ErrorBody,
+            headers(("WWW-Authenticate" = String))),
         (status = 503, description = "`too_many_clients`: MAX_SSE_CLIENTS reached", body = crate::error::ErrorBody,
             headers(("Retry-After" = String))),
     ))]
@@ -95,25 +240,39 @@ pub(super) async fn stream_events(
     headers: HeaderMap,
     uri: Uri,
 ) -> Result<Response, ApiError> {
-    let permit = state.hub.try_admit().ok_or(ApiError::TooManyClients {
-        retry_after: FULL_RETRY_AFTER_SECS,
-    })?;
-    // A query that does not parse is ignored, never an HTTP error: EventSource
-    // stops reconnecting on errors (SPEC §3.4).
-    let query = Query::<ResumeQuery>::try_from_uri(&uri)
-        .ok()
-        .and_then(|Query(q)| q.last_event_id);
-    let resume = Resume::from_request(&headers, query.as_deref());
-    let body = Body::from_stream(event_stream(state, resume, permit));
-    let mut response = body.into_response();
-    let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(response)
+    let query = SubscribeQuery::parse(uri.query());
+    let mut selectors = query.topics;
+    if selectors.is_empty() {
+        selectors.push("*".to_owned());
+    }
+    let resume = Resume::from_request(&headers, query.last_event_id.as_deref());
+    let request = StreamRequest {
+        format: Format::Native,
+        selectors,
+        resume,
+    };
+    open_stream(state, &headers, uri.query(), request).await
+}
+
+/// Opens a Mercure stream (SPEC §8.2); `400` without `topic`.
+pub(super) async fn subscribe_mercure(
+    state: AppState,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    let query = SubscribeQuery::parse(uri.query());
+    if query.topics.is_empty() {
+        return Err(ApiError::BadRequest(
+            "missing \"topic\" parameter: give at least one topic selector".to_owned(),
+        ));
+    }
+    let resume = Resume::from_request(&headers, query.last_event_id.as_deref());
+    let request = StreamRequest {
+        format: Format::Mercure,
+        selectors: query.topics,
+        resume,
+    };
+    open_stream(state, &headers, uri.query(), request).await
 }
 
 /// What the client has been sent, for deduplication at every seam.
@@ -193,51 +352,60 @@ impl Chunk {
     }
 }
 
-/// Reads history after `cursor.last` into `out`, page by page, until caught
-/// up. On `Missing`, or when the bus fails, appends `event: reset` with
-/// `reason` and returns `true`: the client continues live and refetches state.
+/// Reads history after `from` (`None`: from the oldest retained) into
+/// `out`, page by page, until caught up, keeping what the stream's filter
+/// accepts. On `Missing`, or when the bus fails, appends `event: reset` with
+/// `reason` (native streams; Mercure has no such frame) and returns `true`:
+/// the client continues live and refetches state.
 async fn catch_up(
     state: &AppState,
+    filter: &Filter,
     cursor: &mut Cursor,
+    from: Option<EventId>,
     out: &mut Vec<Bytes>,
     missing_reason: &str,
 ) -> bool {
-    let Some(mut after) = cursor.last else {
-        out.push(reset(missing_reason));
-        return true;
-    };
+    let mut after = from;
     loop {
         let page = match state.bus.history_after(after, HISTORY_PAGE).await {
             Ok(History::Events(page)) => page,
             Ok(History::Missing) => {
-                out.push(reset(missing_reason));
+                out.extend(reset(filter.format, missing_reason));
                 return true;
             }
             Err(err) => {
                 tracing::warn!(error = %err, "history read failed; sending reset: {err}");
-                out.push(reset("history_unavailable"));
+                out.extend(reset(filter.format, "history_unavailable"));
                 return true;
             }
         };
         let full = page.len() == HISTORY_PAGE;
         let mut chunk = Chunk::default();
-        for frame in &page {
-            cursor.take(frame, &mut chunk);
+        for update in &page {
+            if !filter.accepts(update) {
+                continue;
+            }
+            if let Some(frame) = update.frame(filter.format) {
+                cursor.take(&frame, &mut chunk);
+            }
             if chunk.len() >= MAX_CHUNK_BYTES {
                 out.extend(chunk.take());
             }
         }
         out.extend(chunk.take());
-        match page.last().and_then(Frame::id) {
-            Some(id) if full => after = id,
+        match page.last().and_then(Update::id) {
+            Some(id) if full => after = Some(id),
             _ => return false,
         }
     }
 }
 
-fn reset(reason: &str) -> Bytes {
-    metrics::counter!(SSE_RESETS).increment(1);
-    Frame::reset(reason).bytes
+/// `event: reset` for a native stream; nothing for Mercure.
+fn reset(format: Format, reason: &str) -> Option<Bytes> {
+    (format == Format::Native).then(|| {
+        metrics::counter!(SSE_RESETS).increment(1);
+        Frame::reset(reason).bytes
+    })
 }
 
 /// What woke the stream.
@@ -247,9 +415,11 @@ enum Wake {
     KeepAlive,
 }
 
-/// The body of one SSE response. Order: `retry:` + `event: connected`; the
-/// resume replay (or `reset`); then live frames. Ends, with the connection
-/// left to close cleanly, when the instance shuts down.
+/// The body of one SSE response. Order: the preamble (native: `retry:` +
+/// `event: connected`; Mercure: a `:` comment that flushes the headers, as
+/// the Go hub does); the resume replay (or `reset`); then live frames. Ends,
+/// with the connection left to close cleanly, when the instance shuts down
+/// or the subscriber token's `exp` passes (SPEC §8.4).
 ///
 /// Lag (`RecvError::Lagged`: the client fell more than the broadcast
 /// capacity behind) is not skipped over as in a chat demo: the client is
@@ -258,26 +428,42 @@ enum Wake {
 /// back, it gets `event: reset` (SPEC §3.4 "Slow clients").
 fn event_stream(
     state: AppState,
-    resume: Resume,
+    subscription: Subscription,
+    begin: Begin,
     permit: ClientPermit,
+    expires_at: Option<SystemTime>,
 ) -> impl Stream<Item = Result<Bytes, Infallible>> {
     async_stream::stream! {
         let _permit = permit;
-        let (mut rx, joined_at) = state.hub.subscribe();
+        let mut subscription = subscription;
+        let joined_at = subscription.joined_at;
+        let filter = subscription.filter.clone();
+        let format = filter.format;
         let mut cursor = Cursor { last: joined_at };
-        let connected = serde_json::json!({ "serverId": state.config.server_id }).to_string();
-        let mut head = BytesMut::new();
-        head.extend_from_slice(format!("retry: {}\n\n", state.config.sse_retry_ms).as_bytes());
-        head.extend_from_slice(&crate::model::data_lines(Some("connected"), &connected));
-        yield Ok(head.freeze());
+        match format {
+            Format::Native => {
+                let connected = serde_json::json!({ "serverId": state.config.server_id }).to_string();
+                let mut head = BytesMut::new();
+                head.extend_from_slice(format!("retry: {}\n\n", state.config.sse_retry_ms).as_bytes());
+                head.extend_from_slice(&crate::model::data_lines(Some("connected"), &connected));
+                yield Ok(head.freeze());
+            }
+            Format::Mercure => yield Ok(Bytes::from_static(b":\n")),
+        }
 
         let mut replay = Vec::new();
-        match resume {
-            Resume::Live => {}
-            Resume::Malformed => replay.push(reset("malformed_event_id")),
-            Resume::After(id) => {
+        match begin {
+            Begin::Live => {}
+            Begin::Reset(reason) => replay.extend(reset(format, reason)),
+            Begin::Oldest => {
+                cursor.last = None;
+                catch_up(&state, &filter, &mut cursor, None, &mut replay, "history_unavailable").await;
+                // Everything up to the join point came from history.
+                cursor.last = cursor.last.max(joined_at);
+            }
+            Begin::After(id) => {
                 cursor.last = Some(id);
-                if catch_up(&state, &mut cursor, &mut replay, "unknown_event_id").await && cursor.last == Some(id) {
+                if catch_up(&state, &filter, &mut cursor, Some(id), &mut replay, "unknown_event_id").await && cursor.last == Some(id) {
                     // Nothing replayed: continue live from where this client subscribed.
                     cursor.last = joined_at;
                 }
@@ -291,11 +477,22 @@ fn event_stream(
         let mut keepalive_timer = pin!(tokio::time::sleep(keepalive));
         let shutdown = state.shutdown.clone();
         let mut shutdown = pin!(shutdown.cancelled_owned());
+        let expiry = expires_at.map(|at| {
+            let left = at.duration_since(SystemTime::now()).unwrap_or_default();
+            tokio::time::Instant::now() + left
+        });
+        let mut expired = pin!(async move {
+            match expiry {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        });
         loop {
             let wake = tokio::select! {
                 biased;
                 () = &mut shutdown => Wake::Shutdown,
-                received = rx.recv() => Wake::Frame(received),
+                () = &mut expired => Wake::Shutdown,
+                received = subscription.rx.recv() => Wake::Frame(received),
                 () = &mut keepalive_timer => Wake::KeepAlive,
             };
             let mut lagged = false;
@@ -309,7 +506,7 @@ fn event_stream(
                     cursor.take_batch(&frame, &mut chunk);
                     // Coalesce whatever else is already queued into this write.
                     while chunk.len() < MAX_CHUNK_BYTES {
-                        match rx.try_recv() {
+                        match subscription.rx.try_recv() {
                             Ok(batch) => cursor.take_batch(&batch, &mut chunk),
                             Err(TryRecvError::Lagged(_)) => {
                                 lagged = true;
@@ -326,7 +523,14 @@ fn event_stream(
             if lagged {
                 tracing::debug!(event.id = ?cursor.last.map(|id| id.to_string()), "client lagged; catching up from history");
                 let before = cursor.last;
-                if catch_up(&state, &mut cursor, &mut replay, "lagged_beyond_history").await && cursor.last == before {
+                let missing = match before {
+                    Some(from) => catch_up(&state, &filter, &mut cursor, Some(from), &mut replay, "lagged_beyond_history").await,
+                    None => {
+                        replay.extend(reset(format, "lagged_beyond_history"));
+                        true
+                    }
+                };
+                if missing && cursor.last == before {
                     // Gap acknowledged: take whatever the broadcast still holds.
                     cursor.last = None;
                 }
@@ -350,14 +554,18 @@ mod tests {
         assert_eq!(Resume::from_request(&headers, Some("")), Resume::Live);
         assert_eq!(
             Resume::from_request(&headers, Some("5-1")),
-            Resume::After(EventId { ms: 5, seq: 1 })
+            Resume::After("5-1".to_owned())
+        );
+        assert_eq!(
+            Resume::from_request(&headers, Some("earliest")),
+            Resume::Earliest
         );
         headers.insert("last-event-id", HeaderValue::from_static("7-0"));
         assert_eq!(
             Resume::from_request(&headers, Some("5-1")),
-            Resume::After(EventId { ms: 7, seq: 0 })
+            Resume::After("7-0".to_owned())
         );
-        headers.insert("last-event-id", HeaderValue::from_static("garbage"));
+        headers.insert("last-event-id", HeaderValue::from_bytes(b"\xff").unwrap());
         assert_eq!(
             Resume::from_request(&headers, Some("5-1")),
             Resume::Malformed
@@ -365,8 +573,11 @@ mod tests {
         headers.insert("last-event-id", HeaderValue::from_static(""));
         assert_eq!(
             Resume::from_request(&headers, Some("5-1")),
-            Resume::After(EventId { ms: 5, seq: 1 })
+            Resume::After("5-1".to_owned())
         );
+        let q = SubscribeQuery::parse(Some("topic=a%2Fb&topic=%2A&lastEventID=x&other=1"));
+        assert_eq!(q.topics, ["a/b", "*"]);
+        assert_eq!(q.last_event_id.as_deref(), Some("x"));
     }
 
     #[test]

@@ -22,6 +22,7 @@ use crate::state::AppState;
 mod accounts;
 pub mod events;
 mod health;
+pub mod mercure;
 mod metrics;
 pub mod openapi;
 
@@ -41,6 +42,7 @@ pub fn router(state: AppState, web_dir: &std::path::Path) -> Router {
     let mut app = Router::new()
         .merge(bounded)
         .merge(events::router())
+        .merge(mercure::router())
         .fallback_service(ServeDir::new(web_dir).append_index_html_on_directories(true))
         .layer(middleware::from_fn(crate::error::json_layer_errors))
         .layer(DefaultBodyLimit::max(config.max_body_bytes))

@@ -13,6 +13,7 @@ mod events;
 mod failover;
 mod limits;
 mod logs;
+mod mercure;
 mod metrics;
 mod nginx;
 mod openapi;

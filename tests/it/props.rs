@@ -131,7 +131,11 @@ fn any_name_gets_201_or_422_and_201s_arrive_exactly() {
                 let frame = &frames[0];
                 let id: EventId = frame.id.as_deref().unwrap().parse().unwrap();
                 let timestamp = frame.json()["timestamp"].as_str().unwrap().to_owned();
-                let expected = event_json(id, &event_tail(&account, "prop-1", &timestamp).unwrap());
+                let expected = event_json(
+                    id,
+                    None,
+                    &event_tail(&account, false, "prop-1", &timestamp).unwrap(),
+                );
                 prop_assert_eq!(&frame.data, &expected);
                 Ok(())
             })
