@@ -2,7 +2,9 @@
 //! `eventsource` package (`tests/node/subscribe.mjs`, installed by
 //! `scripts/test` with `npm ci` from the committed lock file), against two
 //! instances of the real binary on a real Redis (SPEC §8.2–§8.5). Publishing
-//! uses the Mercure form on the other instance.
+//! uses the Mercure form on the other instance, by hand and through a real
+//! Mercure publisher library from PyPI, `mercure-publisher`
+//! (`tests/python/publish.py`, venv made by `scripts/test`).
 
 use std::{process::Stdio, time::Duration};
 
@@ -263,4 +265,111 @@ async fn eventsource_package_receives_what_each_subscriber_may_see() {
         NodeSubscriber::start(&json!({"url": hub_a, "token": "not.a.jwt", "count": 1}));
     let line = refused.next().await;
     assert_eq!(line["code"], 401, "{line}");
+}
+
+/// The PyPI `mercure-publisher` venv `scripts/test` creates.
+fn mercure_publisher_python() -> std::path::PathBuf {
+    let python = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("target/mercure-publisher-venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} not found: run scripts/test, which creates it with `pip install mercure-publisher`",
+        python.display()
+    );
+    python
+}
+
+/// Runs `tests/python/publish.py` (the PyPI `mercure-publisher` library);
+/// returns its exit code and the JSON line it printed.
+async fn python_publish(options: &Value) -> (Option<i32>, Value) {
+    let output = tokio::time::timeout(
+        WAIT,
+        Command::new(mercure_publisher_python())
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/python/publish.py"
+            ))
+            .arg(options.to_string())
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("publish.py did not finish in time")
+    .unwrap();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let line = serde_json::from_str(stdout.trim()).unwrap_or_else(|err| {
+        panic!(
+            "publish.py printed no JSON ({err}): {stdout:?}, stderr {:?}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    (output.status.code(), line)
+}
+
+/// An existing Mercure publisher library pointed at sse-fanout works
+/// unchanged (issue 10 "Done when"): the PyPI `mercure-publisher` package
+/// mints its own `mercure.publish` JWT and posts the Mercure form to instance
+/// A; `eventsource` on instance B receives its public, private and
+/// multi-topic updates; a topic its token does not cover is refused with 401
+/// and published nowhere.
+#[tokio::test]
+async fn mercure_publisher_library_publishes_to_the_hub() {
+    let redis = TestRedis::start();
+    let (a, b) = two_instances(&redis).await;
+    let hub_a = format!("{}/.well-known/mercure", a.base());
+    let reader = jwt(SUBSCRIBER_KEY, &json!({"mercure": {"subscribe": ["*"]}}));
+    let mut subscriber = NodeSubscriber::start(&json!({
+        "url": format!("{}/.well-known/mercure?topic=chat%2F%7Broom%7D", b.base()),
+        "token": reader, "count": 3, "types": ["chat.message"]
+    }))
+    .opened()
+    .await;
+
+    let options = |topic: Value, data: &str, private: bool| {
+        json!({
+            "hub_url": hub_a, "key": PUBLISHER_KEY, "publish": ["chat/{room}"],
+            "topic": topic, "data": data, "private": private, "type": "chat.message"
+        })
+    };
+    let mut ids = Vec::new();
+    for (topic, data, private) in [
+        (json!("chat/lobby"), "hello\nfrom python", false),
+        (json!("chat/staff"), "private hello", true),
+    ] {
+        let (code, line) = python_publish(&options(topic, data, private)).await;
+        assert_eq!(code, Some(0), "{line}");
+        ids.push(line["id"].as_str().unwrap().to_owned());
+    }
+    // `outside` is not covered by the library's token: nothing is published.
+    let (code, line) =
+        python_publish(&options(json!(["chat/lobby", "outside"]), "no", false)).await;
+    assert_eq!(code, Some(3), "{line}");
+    assert_eq!(line["status"], 401, "{line}");
+    let body: Value = serde_json::from_str(line["body"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        body["error"]["message"],
+        "topic outside not covered by mercure.publish"
+    );
+    let (code, line) = python_publish(&options(
+        json!(["chat/lobby", "chat/general"]),
+        "both rooms",
+        false,
+    ))
+    .await;
+    assert_eq!(code, Some(0), "{line}");
+    ids.push(line["id"].as_str().unwrap().to_owned());
+
+    let kind = "chat.message".to_owned();
+    assert_eq!(
+        subscriber.events(3).await,
+        vec![
+            (
+                ids[0].clone(),
+                kind.clone(),
+                "hello\nfrom python".to_owned()
+            ),
+            (ids[1].clone(), kind.clone(), "private hello".to_owned()),
+            (ids[2].clone(), kind, "both rooms".to_owned()),
+        ]
+    );
 }
