@@ -51,8 +51,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let metrics = metrics::install();
-    let authorizer = auth::Authorizer::from_config(&config)?;
-    if authorizer.publishing_open() {
+    let auth = auth::Authorizer::from_config(&config)?;
+    if auth.publishing_open() {
         tracing::warn!("no MERCURE_PUBLISHER_JWT_KEY and no PUBLISH_TOKEN: anyone who can reach this server may publish");
     }
     let hub = Hub::new(config.max_sse_clients, config.broadcast_capacity);
@@ -97,7 +97,7 @@ pub async fn run(
         shutdown: shutdown.clone(),
         started_at: std::time::Instant::now(),
         metrics,
-        authorizer,
+        auth,
     };
     let app = app(state, &web_dir);
     let addr = listener.local_addr()?;

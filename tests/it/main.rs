@@ -16,6 +16,7 @@ mod logs;
 mod mercure;
 mod metrics;
 mod nginx;
+mod node_client;
 mod openapi;
 mod outage;
 mod props;
