@@ -164,7 +164,7 @@ pub struct Config {
     /// Directory of the web page served at `/`; unset: the page built into the binary.
     #[arg(long, env = "WEB_DIR")]
     pub web_dir: Option<std::path::PathBuf>,
-    /// When set, POST /accounts requires `Authorization: Bearer <token>`.
+    /// A bearer token that may publish anything (POST /accounts and /.well-known/mercure).
     #[arg(long, env = "PUBLISH_TOKEN", hide_env_values = true)]
     pub publish_token: Option<String>,
     /// A second listener that serves only `GET /metrics` (e.g. `127.0.0.1:9100`),
@@ -193,11 +193,6 @@ pub struct Config {
     #[arg(long, env = "REDIS_REPLICAS_ACK_TIMEOUT_MS", default_value_t = DEFAULT_REDIS_REPLICAS_ACK_TIMEOUT_MS,
           value_parser = clap::value_parser!(u64).range(1..=1500))]
     pub redis_replicas_ack_timeout_ms: u64,
-    /// `account.created` events are private: only subscribers whose token
-    /// allows `accounts/<id>` or `accounts` receive them (SPEC §8.1).
-    #[arg(long, env = "ACCOUNT_EVENTS_PRIVATE", default_value_t = false,
-          action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
-    pub account_events_private: bool,
     /// Key verifying publisher JWTs (SPEC §8.4): the secret for HS*, a PEM
     /// public key for RS*/PS*/ES*/EdDSA. Unset (with PUBLISH_TOKEN unset): publishing is open.
     #[arg(long, env = "MERCURE_PUBLISHER_JWT_KEY", hide_env_values = true)]
@@ -219,6 +214,11 @@ pub struct Config {
     /// protection): a comma-separated list, or `*`. Unset: none.
     #[arg(long, env = "MERCURE_PUBLISH_ORIGINS")]
     pub mercure_publish_origins: Option<String>,
+    /// `account.created` events are private: only subscribers whose token
+    /// allows `accounts/<id>` or `accounts` receive them (SPEC §8.1).
+    #[arg(long, env = "ACCOUNT_EVENTS_PRIVATE", default_value_t = false,
+          action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub account_events_private: bool,
 }
 
 /// Where the Redis bus connects (SPEC §2 "Bus selection", §9).

@@ -53,8 +53,8 @@ pub async fn run(
     let metrics = metrics::install();
     #[allow(clippy::cast_precision_loss)] // a client limit is far below 2^52
     ::metrics::gauge!(metrics::SSE_CLIENTS_LIMIT).set(config.max_sse_clients as f64);
-    let authorizer = auth::Authorizer::from_config(&config)?;
-    if authorizer.publishing_open() {
+    let auth = auth::Authorizer::from_config(&config)?;
+    if auth.publishing_open() {
         tracing::warn!("no MERCURE_PUBLISHER_JWT_KEY and no PUBLISH_TOKEN: anyone who can reach this server may publish");
     }
     let hub = Hub::new(config.max_sse_clients, config.broadcast_capacity);
@@ -118,7 +118,7 @@ pub async fn run(
         shutdown: shutdown.clone(),
         started_at: std::time::Instant::now(),
         metrics,
-        authorizer,
+        auth,
     };
     if let Some(metrics_addr) = state.config.metrics_addr {
         serve_metrics(metrics_addr, state.clone(), shutdown.clone(), &tracker).await?;

@@ -95,7 +95,7 @@ pub(super) async fn publish(
     let update = parse_form(&parts.headers, &body)?;
     let topics: Vec<&str> = update.topics.iter().map(String::as_str).collect();
     state
-        .authorizer
+        .auth
         .authorize_publish(&parts.headers, parts.uri.query(), &topics)?;
     if let Some(topic) = topics.iter().find(|t| t.contains(HUB_PATH)) {
         return Err(ApiError::Forbidden(format!(

@@ -7,7 +7,8 @@
 //! "reconnecting", then resumes and shows the events posted meanwhile exactly
 //! once (after its own reconnect was refused while the instance was down). Also:
 //! labelled inputs, Enter submits, no sideways scrolling at phone width, no
-//! script or CSP errors in the console. Screenshots go to
+//! script or CSP errors in the console. A second scenario watches one
+//! account's topic with the topic field and sees only its events. Screenshots go to
 //! `target/browser-artifacts/`, including the side-by-side view that
 //! `docs/screenshot.png` was taken from.
 
@@ -374,4 +375,96 @@ async fn side_by_side(
     page.client.enter_parent_frame().await.unwrap();
     page.screenshot("side-by-side").await;
     page.close().await;
+}
+
+/// The topic field (SPEC §8.2, issue 10 "Page"): watching `accounts/<id>`
+/// shows that account's retained and live events and no other; back to `*`
+/// shows everything again, each event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_field_shows_only_that_topics_events() {
+    tokio::time::timeout(Duration::from_secs(120), topic_scenario())
+        .await
+        .expect("topic scenario did not finish within 120 s");
+}
+
+async fn topic_scenario() {
+    let redis = TestRedis::start();
+    let url = redis.url();
+    let app = TestApp::spawn(&instance_args("backend-1", &url)).await;
+    let http = reqwest::Client::new();
+    let (_, first) = post_account(&http, &app.base(), "watched account", 1).await;
+    let (_, second) = post_account(&http, &app.base(), "another account", 2).await;
+    let watched = format!("accounts/{}", first["id"].as_str().unwrap());
+
+    let driver = Chromedriver::start().await;
+    let page = driver.browser(1000, 800).await;
+    page.client.goto(&format!("{}/", app.base())).await.unwrap();
+    page.wait_state("open", WAIT).await;
+    assert_eq!(
+        page.js("var l = document.getElementById('topic').labels; return [l.length ? l[0].textContent : '', document.getElementById('topic').value];")
+            .await,
+        json!(["Topic", "*"])
+    );
+
+    page.fill("topic", &watched).await;
+    page.click("watch").await;
+    // The retained history of that topic only.
+    eventually(WAIT, "the watched account's row", || async {
+        (names(&page).await == ["watched account"]).then_some(())
+    })
+    .await;
+    assert_eq!(
+        page.js("return window.sseFanout.topic();").await,
+        json!(watched)
+    );
+    page.wait_state("open", WAIT).await;
+
+    // Live: another account (other topic), then an update on the watched
+    // topic. History order is one order, so if the other account were shown
+    // it would be before the update.
+    post_account(&http, &app.base(), "not watched", 3).await;
+    let body = form_urlencoded::Serializer::new(String::new())
+        .append_pair("topic", &watched)
+        .append_pair("data", r#"{"name":"update for the watched account"}"#)
+        .finish();
+    let response = http
+        .post(format!("{}/.well-known/mercure", app.base()))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    eventually(WAIT, "the update's row", || async {
+        names(&page)
+            .await
+            .contains(&"update for the watched account".to_owned())
+            .then_some(())
+    })
+    .await;
+    assert_eq!(
+        names(&page).await,
+        ["update for the watched account", "watched account"]
+    );
+    page.screenshot("06-topic-filter").await;
+
+    // Back to everything: all four, once each, newest first.
+    page.fill("topic", "*").await;
+    page.click("watch").await;
+    eventually(WAIT, "every event again", || async {
+        (names(&page).await.len() == 4).then_some(())
+    })
+    .await;
+    assert_eq!(
+        names(&page).await,
+        [
+            "update for the watched account",
+            "not watched",
+            second["name"].as_str().unwrap(),
+            "watched account"
+        ]
+    );
+    assert_eq!(severe_console(&page).await, Vec::<String>::new());
+    page.close().await;
+    app.shutdown().await;
 }

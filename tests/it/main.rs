@@ -19,6 +19,7 @@ mod mercure;
 mod metrics;
 mod monitoring;
 mod nginx;
+mod node_client;
 mod openapi;
 mod outage;
 mod props;
