@@ -163,6 +163,11 @@ pub struct Config {
     /// A bearer token that may publish anything (POST /accounts and /.well-known/mercure).
     #[arg(long, env = "PUBLISH_TOKEN", hide_env_values = true)]
     pub publish_token: Option<String>,
+    /// `account.created` events are private: only subscribers whose token
+    /// allows `accounts/<id>` or `accounts` receive them (SPEC §8.1).
+    #[arg(long, env = "ACCOUNT_EVENTS_PRIVATE", default_value_t = false,
+          action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
+    pub account_events_private: bool,
     /// Key verifying publisher JWTs (SPEC §8.4): the secret for HS*, a PEM
     /// public key for RS*/PS*/ES*/EdDSA. Unset (with PUBLISH_TOKEN unset): publishing is open.
     #[arg(long, env = "MERCURE_PUBLISHER_JWT_KEY", hide_env_values = true)]
@@ -184,11 +189,6 @@ pub struct Config {
     /// protection): a comma-separated list, or `*`. Unset: none.
     #[arg(long, env = "MERCURE_PUBLISH_ORIGINS")]
     pub mercure_publish_origins: Option<String>,
-    /// `account.created` events are private: only subscribers whose token
-    /// allows `accounts/<id>` or `accounts` receive them (SPEC §8.1).
-    #[arg(long, env = "ACCOUNT_EVENTS_PRIVATE", default_value_t = false,
-          action = clap::ArgAction::Set, value_parser = clap::builder::BoolishValueParser::new())]
-    pub account_events_private: bool,
 }
 
 impl Config {

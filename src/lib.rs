@@ -51,8 +51,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let metrics = metrics::install();
-    let auth = auth::Authorizer::from_config(&config)?;
-    if auth.publishing_open() {
+    let authorizer = auth::Authorizer::from_config(&config)?;
+    if authorizer.publishing_open() {
         tracing::warn!("no MERCURE_PUBLISHER_JWT_KEY and no PUBLISH_TOKEN: anyone who can reach this server may publish");
     }
     let hub = Hub::new(config.max_sse_clients, config.broadcast_capacity);
@@ -91,13 +91,13 @@ pub async fn run(
     let web_dir = config.web_dir.clone();
     let server_id = config.server_id.clone();
     let state = AppState {
-        auth,
         config: Arc::new(config),
         bus,
         hub,
         shutdown: shutdown.clone(),
         started_at: std::time::Instant::now(),
         metrics,
+        authorizer,
     };
     let app = app(state, &web_dir);
     let addr = listener.local_addr()?;

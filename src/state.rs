@@ -23,5 +23,5 @@ pub struct AppState {
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
     /// Who may publish and subscribe (SPEC §8.4).
-    pub auth: Authorizer,
+    pub authorizer: Authorizer,
 }

@@ -43,7 +43,7 @@ pub(super) async fn create_account(
 ) -> Result<Response, ApiError> {
     // SPEC §8.4: the same rule as a Mercure publish, for the topic `accounts`.
     state
-        .auth
+        .authorizer
         .authorize_publish(request.headers(), request.uri().query(), &["accounts"])?;
     let value = crate::error::json_body(request, state.config.max_body_bytes).await?;
     let (name, balance) = NewAccount::from_json(value)?;

@@ -180,7 +180,7 @@ async fn open_stream(
             request.selectors.len()
         )));
     }
-    let auth = state.auth.authorize_subscribe(headers, query)?;
+    let auth = state.authorizer.authorize_subscribe(headers, query)?;
     let filter = Filter {
         format: request.format,
         selectors: request

@@ -49,21 +49,23 @@ pub(super) async fn subscribe(
 }
 
 /// The fields of a publish request, as `application/x-www-form-urlencoded`.
+/// Only the OpenAPI schema: the form is parsed strictly by `parse_form`.
+#[allow(dead_code, reason = "read by utoipa only, never constructed")]
 #[derive(Debug, utoipa::ToSchema)]
-#[allow(dead_code)] // The OpenAPI schema of the form; parsed by `parse_form`.
-struct PublishForm {
+pub(super) struct PublishForm {
     /// Repeatable; the first is canonical, the others alternates.
-    topic: Vec<String>,
+    pub topic: Vec<String>,
     /// The update's data (any text, may hold newlines).
-    data: Option<String>,
+    pub data: Option<String>,
     /// Present (any value, e.g. `on`) = a private update.
-    private: Option<String>,
+    pub private: Option<String>,
     /// The update id; generated (the stream entry id) when absent.
-    id: Option<String>,
+    pub id: Option<String>,
     /// SSE event type.
-    r#type: Option<String>,
+    pub r#type: Option<String>,
     /// SSE `retry:` in ms (digits).
-    retry: Option<String>,
+    #[schema(pattern = "^[0-9]+$")]
+    pub retry: Option<String>,
 }
 
 /// Publishes an update (SPEC §8.3): `200 text/plain` with its id once it is
@@ -93,7 +95,7 @@ pub(super) async fn publish(
     let update = parse_form(&parts.headers, &body)?;
     let topics: Vec<&str> = update.topics.iter().map(String::as_str).collect();
     state
-        .auth
+        .authorizer
         .authorize_publish(&parts.headers, parts.uri.query(), &topics)?;
     if let Some(topic) = topics.iter().find(|t| t.contains(HUB_PATH)) {
         return Err(ApiError::Forbidden(format!(

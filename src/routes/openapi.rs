@@ -21,6 +21,8 @@ use crate::state::AppState;
         super::accounts::create_account,
         super::accounts::get_account,
         super::events::stream_events,
+        super::mercure::subscribe,
+        super::mercure::publish,
         super::health::health,
         super::health::live,
         super::metrics::metrics,
@@ -31,6 +33,7 @@ use crate::state::AppState;
         crate::model::NewAccount,
         crate::error::ErrorBody,
         crate::error::ErrorDetail,
+        super::mercure::PublishForm,
         super::health::HealthBody,
         super::health::LiveBody,
     )),
@@ -52,6 +55,19 @@ impl Modify for PublishToken {
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some(
                         "Required by POST /accounts only when PUBLISH_TOKEN is set",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "publisherJwt",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .description(Some(
+                        "Publisher JWT whose mercure.publish covers every topic (SPEC §8.4), or PUBLISH_TOKEN; \
+                         not needed when no publisher credential is configured",
                     ))
                     .build(),
             ),

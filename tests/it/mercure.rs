@@ -590,3 +590,213 @@ async fn two_hundred_events_on_twenty_topics_to_forty_subscribers() {
 fn urlenc(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
+
+const PUBLISHER_KEY: &str = "mercure-test-publisher-key";
+const SUBSCRIBER_KEY: &str = "mercure-test-subscriber-key";
+
+/// An HS256 JWT with `claims`, made with the `jsonwebtoken` crate.
+fn jwt(key: &str, claims: &serde_json::Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(key.as_bytes()).unwrap(),
+    )
+    .unwrap()
+}
+
+fn subscriber_token(selectors: &[&str], exp_in_secs: u64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    jwt(
+        SUBSCRIBER_KEY,
+        &serde_json::json!({ "exp": now + exp_in_secs, "mercure": { "subscribe": selectors } }),
+    )
+}
+
+/// Mercure subscribe with the token in the `authorization` query parameter.
+async fn subscribe_as(
+    base: &str,
+    topics: &[&str],
+    token: Option<&str>,
+    last_event_id: Option<&str>,
+) -> SseClient {
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    query.extend_pairs(topics.iter().map(|t| ("topic", *t)));
+    if let Some(token) = token {
+        query.append_pair("authorization", token);
+    }
+    let url = format!("{base}/.well-known/mercure?{}", query.finish());
+    let mut client = SseClient::connect_with(&url, last_event_id).await;
+    assert_eq!(client.status, 200, "GET {url}");
+    assert!(client.next_frame(WAIT).await.unwrap().comment.is_some());
+    client
+}
+
+const AUTH_FLAGS: &[&str] = &[
+    "--mercure-publisher-jwt-key",
+    PUBLISHER_KEY,
+    "--mercure-subscriber-jwt-key",
+    SUBSCRIBER_KEY,
+];
+
+/// Private updates (SPEC §8.2, §8.4) on two instances: anonymous never,
+/// a token whose `mercure.subscribe` matches a topic (canonical or
+/// alternate) yes, a non-matching one no; on both endpoints; the replay of
+/// a resume applies the same rule; a bad token is `401`.
+#[tokio::test]
+async fn private_updates_reach_only_allowed_subscribers_live_and_on_replay() {
+    let cluster = Cluster::start(BusKind::Redis, 2, AUTH_FLAGS).await;
+    let (a, b) = (cluster.base(0), cluster.base(1));
+    let publisher = jwt(
+        PUBLISHER_KEY,
+        &serde_json::json!({ "mercure": { "publish": ["*"] } }),
+    );
+    let mine = subscriber_token(&["users/1"], 600);
+    let theirs = subscriber_token(&["users/2"], 600);
+    let mut anonymous = subscribe_as(&a, &["users/{id}"], None, None).await;
+    let mut allowed = subscribe_as(&b, &["users/{id}"], Some(&mine), None).await;
+    let mut denied = subscribe_as(&a, &["users/{id}"], Some(&theirs), None).await;
+    // Selected by `feed`, allowed through the alternate topic users/1.
+    let mut feed = subscribe_as(&b, &["feed"], Some(&mine), None).await;
+    let url = format!("{a}/events/sse?topic=feed&authorization={mine}");
+    let (mut native, _) = SseClient::open(&url, None).await;
+
+    let private = [
+        ("topic", "users/1"),
+        ("topic", "feed"),
+        ("private", "on"),
+        ("data", "secret"),
+    ];
+    let (status, _, private_id) = publish_with(&b, &private, Some(&publisher)).await;
+    assert_eq!(status, 200, "{private_id}");
+    let (status, _, public_id) = publish_with(
+        &a,
+        &[("topic", "users/2"), ("topic", "feed")],
+        Some(&publisher),
+    )
+    .await;
+    assert_eq!(status, 200, "{public_id}");
+
+    assert_eq!(ids(&updates(&mut anonymous, 1).await), [public_id.as_str()]);
+    let got = updates(&mut allowed, 2).await;
+    assert_eq!(ids(&got), [private_id.as_str(), public_id.as_str()]);
+    assert_eq!(got[0].data, "secret");
+    assert_eq!(ids(&updates(&mut denied, 1).await), [public_id.as_str()]);
+    assert_eq!(
+        ids(&updates(&mut feed, 2).await),
+        [private_id.as_str(), public_id.as_str()]
+    );
+    let frames = native.messages(2, WAIT).await;
+    assert_eq!(frames[0].json()["private"], true);
+    for client in [&mut anonymous, &mut denied] {
+        assert_silent(client).await;
+    }
+
+    // Replay respects authorization too, on the other instance.
+    let mut replay = subscribe_as(&b, &["users/{id}"], None, Some("earliest")).await;
+    assert_eq!(ids(&updates(&mut replay, 1).await), [public_id.as_str()]);
+    assert_silent(&mut replay).await;
+    let mut replay = subscribe_as(&a, &["users/{id}"], Some(&mine), Some("earliest")).await;
+    assert_eq!(
+        ids(&updates(&mut replay, 2).await),
+        [private_id.as_str(), public_id.as_str()]
+    );
+
+    // A token signed with another key: 401 with a challenge, never anonymous.
+    let forged = jwt(
+        "not-the-key",
+        &serde_json::json!({ "mercure": { "subscribe": ["*"] } }),
+    );
+    let response = reqwest::Client::new()
+        .get(format!(
+            "{a}/.well-known/mercure?topic=*&authorization={forged}"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    assert!(response.headers().contains_key("www-authenticate"));
+    cluster.shutdown().await;
+}
+
+/// A stream ends when its token's `exp` passes (SPEC §8.4): it is open and
+/// delivering before, and closed (EOF) soon after.
+#[tokio::test]
+async fn a_stream_ends_at_its_token_expiry() {
+    let cluster = Cluster::start(BusKind::Memory, 1, AUTH_FLAGS).await;
+    let base = cluster.base(0);
+    let publisher = jwt(
+        PUBLISHER_KEY,
+        &serde_json::json!({ "mercure": { "publish": ["*"] } }),
+    );
+    let token = subscriber_token(&["*"], 2);
+    let mut client = subscribe_as(&base, &["t"], Some(&token), None).await;
+    let (status, _, id) = publish_with(&base, &[("topic", "t")], Some(&publisher)).await;
+    assert_eq!(status, 200);
+    assert_eq!(ids(&updates(&mut client, 1).await), [id.as_str()]);
+    assert!(!client.ended());
+    assert!(
+        client.ends_within(Duration::from_secs(6)).await,
+        "the stream outlived exp"
+    );
+    cluster.shutdown().await;
+}
+
+/// `ACCOUNT_EVENTS_PRIVATE=true`: an account's event reaches only
+/// subscribers whose token allows `accounts/<id>` or `accounts` (SPEC §8.1).
+#[tokio::test]
+async fn private_account_events_reach_only_their_owner() {
+    let mut flags = AUTH_FLAGS.to_vec();
+    flags.extend(["--account-events-private", "true"]);
+    let cluster = Cluster::start(BusKind::Redis, 2, &flags).await;
+    let publisher = jwt(
+        PUBLISHER_KEY,
+        &serde_json::json!({ "mercure": { "publish": ["accounts"] } }),
+    );
+    let mut anonymous = subscribe_as(&cluster.base(0), &["accounts"], None, None).await;
+    let mut admin = subscribe_as(
+        &cluster.base(1),
+        &["accounts"],
+        Some(&subscriber_token(&["accounts"], 600)),
+        None,
+    )
+    .await;
+    let response = reqwest::Client::new()
+        .post(format!("{}/accounts", cluster.base(0)))
+        .bearer_auth(&publisher)
+        .json(&serde_json::json!({ "name": "Ada", "balance": 1 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let account: serde_json::Value = response.json().await.unwrap();
+    let own_topic = format!("accounts/{}", account["id"].as_str().unwrap());
+    let got = updates(&mut admin, 1).await;
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&got[0].data).unwrap(),
+        account
+    );
+    // The owner's token names only its own topic, and resumes to get it.
+    let owner = subscriber_token(&[&own_topic], 600);
+    let mut own = subscribe_as(
+        &cluster.base(1),
+        &["accounts/{id}"],
+        Some(&owner),
+        Some("earliest"),
+    )
+    .await;
+    assert_eq!(ids(&updates(&mut own, 1).await), ids(&got));
+    let other = subscriber_token(&["accounts/someone-else"], 600);
+    let mut stranger = subscribe_as(
+        &cluster.base(0),
+        &["accounts/{id}"],
+        Some(&other),
+        Some("earliest"),
+    )
+    .await;
+    assert_silent(&mut stranger).await;
+    assert_silent(&mut anonymous).await;
+    cluster.shutdown().await;
+}
