@@ -385,6 +385,7 @@ async fn sentinel_primary_killed(min_replicas_ack: &str) {
         assert_eq!(body["redisPrimary"], new.as_str(), "{body}");
     }
     assert!(metric(&apps[0].base(), "redis_failovers_total").await > failovers);
+    drop(watchers);
     for app in apps {
         app.shutdown().await;
     }
@@ -458,6 +459,7 @@ async fn sentinel_failover_is_followed_at_once() {
     for (c, watcher) in watchers.iter().enumerate() {
         assert_delivery(&format!("client {c}"), &watcher.items(), &truth);
     }
+    drop(watchers);
     for app in apps {
         app.shutdown().await;
     }
@@ -562,6 +564,7 @@ async fn cluster_keeps_the_channel_in_one_slot_and_delivers_across_instances() {
         assert_eq!(body["redisMode"], "cluster", "{body}");
         assert_eq!(body["redisPrimary"], primary.as_str(), "{body}");
     }
+    drop(watchers);
     for app in apps {
         app.shutdown().await;
     }
@@ -605,7 +608,7 @@ async fn cluster_failover_loses_nothing_and_a_killed_primary_recovers() {
         "CLUSTER FAILOVER: both instances follow after {:?}",
         followed - started
     );
-    let truth = history_accounts(&promoted, "{user-events}:history");
+    // Acknowledged so far (read before history: publishing goes on).
     let acked: Vec<String> = log
         .lock()
         .unwrap()
@@ -613,6 +616,7 @@ async fn cluster_failover_loses_nothing_and_a_killed_primary_recovers() {
         .filter(|p| p.status == 201)
         .filter_map(|p| p.account.clone())
         .collect();
+    let truth = history_accounts(&promoted, "{user-events}:history");
     let held: HashSet<_> = truth.iter().collect();
     let lost: Vec<_> = acked.iter().filter(|a| !held.contains(a)).collect();
     assert!(
@@ -652,6 +656,7 @@ async fn cluster_failover_loses_nothing_and_a_killed_primary_recovers() {
     for (c, watcher) in watchers.iter().enumerate() {
         assert_delivery(&format!("client {c}"), &watcher.items(), &truth);
     }
+    drop(watchers);
     for app in apps {
         app.shutdown().await;
     }
