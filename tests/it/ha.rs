@@ -460,8 +460,35 @@ async fn sentinel_failover_is_followed_at_once() {
     }
 }
 
-/// Every Redis server of the group down: `/health` 503, POST `503
-/// bus_unavailable`, and open streams stay open with keep-alives.
+/// With every Redis server of `app` killed: `POST` and `GET /accounts/{id}`
+/// answer `503 bus_unavailable`, `/health` 503 naming `mode`, and `client`
+/// keeps getting keep-alives (`--sse-keepalive-secs 1`), as for a standalone
+/// Redis (SPEC §5).
+async fn assert_down_with_streams_alive(app: &TestApp, client: &mut SseClient, mode: &str) {
+    let http = reqwest::Client::new();
+    let base = app.base();
+    eventually(T, "POST to answer 503 bus_unavailable", || {
+        let (http, base) = (http.clone(), base.clone());
+        async move { (post(&http, &base, "down").await.status == 503).then_some(()) }
+    })
+    .await;
+    let (status, body) = health(&base).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["redis"], "down", "{body}");
+    assert_eq!(body["redisMode"], mode, "{body}");
+    let url = format!("{base}/accounts/00000000-0000-7000-8000-000000000000");
+    let body = get_json(&http, &url).await;
+    assert_eq!(body["error"]["code"], "bus_unavailable", "{body}");
+    for _ in 0..2 {
+        let frame = client
+            .next_frame(Duration::from_secs(5))
+            .await
+            .expect("keep-alive");
+        assert_eq!(frame.comment.as_deref(), Some("keep-alive"), "{frame:?}");
+    }
+}
+
+/// Both Redis servers of the Sentinel group down (sentinels up).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_group_down_answers_503_and_keeps_streams_alive() {
     let mut group = tokio::task::block_in_place(TestSentinelGroup::start);
@@ -479,33 +506,21 @@ async fn sentinel_group_down_answers_503_and_keeps_streams_alive() {
     for server in &mut group.servers {
         server.kill();
     }
-    let http = reqwest::Client::new();
-    let base = app.base();
-    eventually(T, "POST to answer 503 bus_unavailable", || {
-        let (http, base) = (http.clone(), base.clone());
-        async move {
-            let p = post(&http, &base, "down").await;
-            (p.status == 503).then_some(())
-        }
-    })
-    .await;
-    let (status, body) = health(&base).await;
-    assert_eq!(status, 503, "{body}");
-    assert_eq!(body["redis"], "down", "{body}");
-    assert_eq!(body["redisMode"], "sentinel", "{body}");
-    let body = get_json(
-        &http,
-        &format!("{base}/accounts/00000000-0000-7000-8000-000000000000"),
-    )
-    .await;
-    assert_eq!(body["error"]["code"], "bus_unavailable", "{body}");
-    for _ in 0..2 {
-        let frame = client
-            .next_frame(Duration::from_secs(5))
-            .await
-            .expect("keep-alive");
-        assert_eq!(frame.comment.as_deref(), Some("keep-alive"), "{frame:?}");
+    assert_down_with_streams_alive(&app, &mut client, "sentinel").await;
+    app.shutdown().await;
+}
+
+/// Every node of the cluster down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_down_answers_503_and_keeps_streams_alive() {
+    let mut cluster = tokio::task::block_in_place(TestCluster::start);
+    let nodes = cluster.nodes_setting();
+    let app = TestApp::spawn(&["--redis-cluster-nodes", &nodes, "--sse-keepalive-secs", "1"]).await;
+    let (mut client, _) = SseClient::open(&format!("{}/events/sse", app.base()), None).await;
+    for node in &mut cluster.nodes {
+        node.kill();
     }
+    assert_down_with_streams_alive(&app, &mut client, "cluster").await;
     app.shutdown().await;
 }
 
