@@ -332,7 +332,7 @@ async fn sentinel_primary_killed(min_replicas_ack: &str) {
     let killed_at = Instant::now();
     let index = group.index_of(&old);
     group.servers[index].kill();
-    let new = tokio::task::block_in_place(|| group.wait_new_primary(&old, T));
+    let new = tokio::task::block_in_place(|| group.wait_new_primary(&old, Duration::from_secs(90)));
     if min_replicas_ack != "0" {
         // The new primary needs a replica for WAIT: the old server comes
         // back empty and the sentinels make it one.
@@ -385,6 +385,7 @@ async fn sentinel_primary_killed(min_replicas_ack: &str) {
         assert_eq!(body["redisPrimary"], new.as_str(), "{body}");
     }
     assert!(metric(&apps[0].base(), "redis_failovers_total").await > failovers);
+    drop(watchers);
     for app in apps {
         app.shutdown().await;
     }
@@ -421,13 +422,8 @@ async fn sentinel_failover_is_followed_at_once() {
     let log = start_publisher(apps.iter().map(TestApp::base).collect(), stop.child_token());
     acked_after(&log, Instant::now() - T, 50).await;
 
-    let started = Instant::now();
-    let _: String = query(
-        &group.sentinels[0].addr(),
-        ::redis::cmd("SENTINEL").arg("FAILOVER").arg(MASTER),
-    )
-    .unwrap();
-    let new = tokio::task::block_in_place(|| group.wait_new_primary(&old, T));
+    let (new, sent) = tokio::task::block_in_place(|| group.failover(&old, Duration::from_secs(90)));
+    let started = Instant::from_std(sent);
     let announced = Instant::now();
     for app in &apps {
         eventually(
@@ -458,13 +454,41 @@ async fn sentinel_failover_is_followed_at_once() {
     for (c, watcher) in watchers.iter().enumerate() {
         assert_delivery(&format!("client {c}"), &watcher.items(), &truth);
     }
+    drop(watchers);
     for app in apps {
         app.shutdown().await;
     }
 }
 
-/// Every Redis server of the group down: `/health` 503, POST `503
-/// bus_unavailable`, and open streams stay open with keep-alives.
+/// With every Redis server of `app` killed: `POST` and `GET /accounts/{id}`
+/// answer `503 bus_unavailable`, `/health` 503 naming `mode`, and `client`
+/// keeps getting keep-alives (`--sse-keepalive-secs 1`), as for a standalone
+/// Redis (SPEC §5).
+async fn assert_down_with_streams_alive(app: &TestApp, client: &mut SseClient, mode: &str) {
+    let http = reqwest::Client::new();
+    let base = app.base();
+    eventually(T, "POST to answer 503 bus_unavailable", || {
+        let (http, base) = (http.clone(), base.clone());
+        async move { (post(&http, &base, "down").await.status == 503).then_some(()) }
+    })
+    .await;
+    let (status, body) = health(&base).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["redis"], "down", "{body}");
+    assert_eq!(body["redisMode"], mode, "{body}");
+    let url = format!("{base}/accounts/00000000-0000-7000-8000-000000000000");
+    let body = get_json(&http, &url).await;
+    assert_eq!(body["error"]["code"], "bus_unavailable", "{body}");
+    for _ in 0..2 {
+        let frame = client
+            .next_frame(Duration::from_secs(5))
+            .await
+            .expect("keep-alive");
+        assert_eq!(frame.comment.as_deref(), Some("keep-alive"), "{frame:?}");
+    }
+}
+
+/// Both Redis servers of the Sentinel group down (sentinels up).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_group_down_answers_503_and_keeps_streams_alive() {
     let mut group = tokio::task::block_in_place(TestSentinelGroup::start);
@@ -482,33 +506,21 @@ async fn sentinel_group_down_answers_503_and_keeps_streams_alive() {
     for server in &mut group.servers {
         server.kill();
     }
-    let http = reqwest::Client::new();
-    let base = app.base();
-    eventually(T, "POST to answer 503 bus_unavailable", || {
-        let (http, base) = (http.clone(), base.clone());
-        async move {
-            let p = post(&http, &base, "down").await;
-            (p.status == 503).then_some(())
-        }
-    })
-    .await;
-    let (status, body) = health(&base).await;
-    assert_eq!(status, 503, "{body}");
-    assert_eq!(body["redis"], "down", "{body}");
-    assert_eq!(body["redisMode"], "sentinel", "{body}");
-    let body = get_json(
-        &http,
-        &format!("{base}/accounts/00000000-0000-7000-8000-000000000000"),
-    )
-    .await;
-    assert_eq!(body["error"]["code"], "bus_unavailable", "{body}");
-    for _ in 0..2 {
-        let frame = client
-            .next_frame(Duration::from_secs(5))
-            .await
-            .expect("keep-alive");
-        assert_eq!(frame.comment.as_deref(), Some("keep-alive"), "{frame:?}");
+    assert_down_with_streams_alive(&app, &mut client, "sentinel").await;
+    app.shutdown().await;
+}
+
+/// Every node of the cluster down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_down_answers_503_and_keeps_streams_alive() {
+    let mut cluster = tokio::task::block_in_place(TestCluster::start);
+    let nodes = cluster.nodes_setting();
+    let app = TestApp::spawn(&["--redis-cluster-nodes", &nodes, "--sse-keepalive-secs", "1"]).await;
+    let (mut client, _) = SseClient::open(&format!("{}/events/sse", app.base()), None).await;
+    for node in &mut cluster.nodes {
+        node.kill();
     }
+    assert_down_with_streams_alive(&app, &mut client, "cluster").await;
     app.shutdown().await;
 }
 
@@ -562,6 +574,7 @@ async fn cluster_keeps_the_channel_in_one_slot_and_delivers_across_instances() {
         assert_eq!(body["redisMode"], "cluster", "{body}");
         assert_eq!(body["redisPrimary"], primary.as_str(), "{body}");
     }
+    drop(watchers);
     for app in apps {
         app.shutdown().await;
     }
@@ -605,7 +618,7 @@ async fn cluster_failover_loses_nothing_and_a_killed_primary_recovers() {
         "CLUSTER FAILOVER: both instances follow after {:?}",
         followed - started
     );
-    let truth = history_accounts(&promoted, "{user-events}:history");
+    // Acknowledged so far (read before history: publishing goes on).
     let acked: Vec<String> = log
         .lock()
         .unwrap()
@@ -613,6 +626,7 @@ async fn cluster_failover_loses_nothing_and_a_killed_primary_recovers() {
         .filter(|p| p.status == 201)
         .filter_map(|p| p.account.clone())
         .collect();
+    let truth = history_accounts(&promoted, "{user-events}:history");
     let held: HashSet<_> = truth.iter().collect();
     let lost: Vec<_> = acked.iter().filter(|a| !held.contains(a)).collect();
     assert!(
@@ -652,6 +666,7 @@ async fn cluster_failover_loses_nothing_and_a_killed_primary_recovers() {
     for (c, watcher) in watchers.iter().enumerate() {
         assert_delivery(&format!("client {c}"), &watcher.items(), &truth);
     }
+    drop(watchers);
     for app in apps {
         app.shutdown().await;
     }

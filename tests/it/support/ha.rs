@@ -195,6 +195,35 @@ impl TestSentinelGroup {
             .unwrap_or_else(|| panic!("{addr} is not a server of the group"))
     }
 
+    /// `SENTINEL FAILOVER` (graceful), repeated every 3 s while the sentinels
+    /// refuse it (`NOGOODSLAVE` until they have seen the replica's state,
+    /// nothing at all in TILT mode, which a loaded machine triggers), until
+    /// a new primary serves. Returns it and when the accepted command was sent.
+    pub fn failover(&self, old: &str, timeout: Duration) -> (String, Instant) {
+        let mut accepted: Option<Instant> = None;
+        let mut last_try: Option<Instant> = None;
+        let new = wait_for(timeout, "SENTINEL FAILOVER to promote the replica", || {
+            let named = self.sentinels[0].primary()?;
+            if named == old && last_try.is_none_or(|t| t.elapsed() > Duration::from_secs(3)) {
+                let sent = Instant::now();
+                let reply: Option<String> = query(
+                    &self.sentinels[0].addr(),
+                    ::redis::cmd("SENTINEL").arg("FAILOVER").arg(MASTER),
+                );
+                last_try = Some(sent);
+                if reply.is_some() {
+                    accepted = Some(sent);
+                }
+            }
+            let role: Vec<::redis::Value> = query(&named, &::redis::cmd("ROLE"))?;
+            let is_master = role.first().is_some_and(|r| {
+                ::redis::from_redis_value_ref::<String>(r).ok().as_deref() == Some("master")
+            });
+            (named != old && is_master).then_some(named)
+        });
+        (new, accepted.unwrap_or_else(Instant::now))
+    }
+
     /// Waits until every sentinel names a primary other than `old`, and that
     /// server says it is one (`ROLE` master); returns it.
     pub fn wait_new_primary(&self, old: &str, timeout: Duration) -> String {
