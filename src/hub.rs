@@ -2,10 +2,13 @@
 //! SSE stream of this instance reads, plus the per-instance client limit.
 //! Knows nothing of Redis or HTTP.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{
+    atomic::{AtomicBool, Ordering},
+    Arc, Mutex,
+};
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::{broadcast, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{broadcast, Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::model::{EventId, Frame, FrameKind};
 
@@ -80,6 +83,11 @@ struct Inner {
     clients: Arc<Semaphore>,
     /// `MAX_SSE_CLIENTS`, to compute the open-stream count from free permits.
     max_clients: usize,
+    /// Set while the subscriber holds events back until the previous batch
+    /// has drained; only then do streams check and poke [`Inner::drained`].
+    awaiting_drain: AtomicBool,
+    /// Poked by the stream that takes the last batch while the subscriber waits.
+    drained: Notify,
 }
 
 /// A client's slot; dropping it frees the slot and updates the gauge.
@@ -105,7 +113,38 @@ impl Hub {
                 cursor: Mutex::new(None),
                 clients: Arc::new(Semaphore::new(max_clients)),
                 max_clients,
+                awaiting_drain: AtomicBool::new(false),
+                drained: Notify::new(),
             }),
+        }
+    }
+
+    /// Whether every stream has taken the last batch sent (or none was sent):
+    /// a new event can go out at once without queueing behind a fan-out.
+    pub fn is_drained(&self) -> bool {
+        self.inner.events_tx.is_empty()
+    }
+
+    /// Resolves once a stream reports, via [`Hub::note_caught_up`], that the
+    /// broadcast has drained, or at once if it already has. Spurious wake-ups
+    /// are possible; callers re-check [`Hub::is_drained`]. No timer: the
+    /// subscriber bounds the wait with its batch window.
+    pub async fn drained(&self) {
+        let notified = self.inner.drained.notified();
+        let mut notified = std::pin::pin!(notified);
+        notified.as_mut().enable();
+        self.inner.awaiting_drain.store(true, Ordering::SeqCst);
+        if !self.is_drained() {
+            notified.await;
+        }
+        self.inner.awaiting_drain.store(false, Ordering::SeqCst);
+    }
+
+    /// Called by a stream that has taken everything queued for it. Costs one
+    /// atomic load unless the subscriber is waiting for the drain.
+    pub fn note_caught_up(&self) {
+        if self.inner.awaiting_drain.load(Ordering::SeqCst) && self.is_drained() {
+            self.inner.drained.notify_one();
         }
     }
 

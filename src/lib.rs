@@ -10,12 +10,14 @@
 //! - [`hub`]: local fan-out of pre-encoded frames to SSE streams.
 //! - [`routes`]: HTTP shape only; [`error`]: the JSON error contract.
 //! - [`server`]: accept loop, timeouts and graceful drain; [`shutdown`]: signals.
+//! - [`keepalive`]: one keep-alive tick shared by every SSE stream.
 //! - [`model`], [`metrics`], [`state`], [`telemetry`].
 
 pub mod bus;
 pub mod config;
 pub mod error;
 pub mod hub;
+pub mod keepalive;
 pub mod metrics;
 pub mod model;
 pub mod routes;
@@ -82,6 +84,8 @@ pub async fn run(
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     let web_dir = config.web_dir.clone();
     let server_id = config.server_id.clone();
+    let keepalive =
+        keepalive::KeepAliveTick::spawn(config.keepalive(), shutdown.child_token(), &tracker);
     let state = AppState {
         config: Arc::new(config),
         bus,
@@ -89,6 +93,7 @@ pub async fn run(
         shutdown: shutdown.clone(),
         started_at: std::time::Instant::now(),
         metrics,
+        keepalive,
     };
     let app = app(state, &web_dir);
     let addr = listener.local_addr()?;

@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Instant};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::{bus::Bus, config::Config, hub::Hub};
+use crate::{bus::Bus, config::Config, hub::Hub, keepalive::KeepAliveTick};
 
 /// Cheap-to-clone handles; one per instance.
 #[derive(Debug, Clone)]
@@ -22,4 +22,6 @@ pub struct AppState {
     pub started_at: Instant,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
+    /// The instance's one keep-alive tick for all SSE streams.
+    pub keepalive: KeepAliveTick,
 }

@@ -21,6 +21,7 @@ use crate::{
     bus::{History, HISTORY_PAGE},
     error::ApiError,
     hub::{Batch, ClientPermit},
+    keepalive::next_tick,
     metrics::SSE_RESETS,
     model::{EventId, Frame, FrameKind},
     state::AppState,
@@ -244,7 +245,7 @@ fn reset(reason: &str) -> Bytes {
 enum Wake {
     Shutdown,
     Frame(Result<Arc<Batch>, broadcast::error::RecvError>),
-    KeepAlive,
+    Tick,
 }
 
 /// The body of one SSE response. Order: `retry:` + `event: connected`; the
@@ -277,7 +278,8 @@ fn event_stream(
             Resume::Malformed => replay.push(reset("malformed_event_id")),
             Resume::After(id) => {
                 cursor.last = Some(id);
-                if catch_up(&state, &mut cursor, &mut replay, "unknown_event_id").await && cursor.last == Some(id) {
+                // Boxed (here and below): a rare, large future, kept out of every idle stream's state.
+                if Box::pin(catch_up(&state, &mut cursor, &mut replay, "unknown_event_id")).await && cursor.last == Some(id) {
                     // Nothing replayed: continue live from where this client subscribed.
                     cursor.last = joined_at;
                 }
@@ -287,8 +289,9 @@ fn event_stream(
             yield Ok(chunk);
         }
 
-        let keepalive = state.config.keepalive();
-        let mut keepalive_timer = pin!(tokio::time::sleep(keepalive));
+        let keepalive = state.keepalive.every();
+        let mut tick = state.keepalive.subscribe();
+        let mut last_write = std::time::Instant::now();
         let shutdown = state.shutdown.clone();
         let mut shutdown = pin!(shutdown.cancelled_owned());
         loop {
@@ -296,12 +299,14 @@ fn event_stream(
                 biased;
                 () = &mut shutdown => Wake::Shutdown,
                 received = rx.recv() => Wake::Frame(received),
-                () = &mut keepalive_timer => Wake::KeepAlive,
+                () = next_tick(&mut tick) => Wake::Tick,
             };
             let mut lagged = false;
             match wake {
                 Wake::Shutdown => break,
-                Wake::KeepAlive => yield Ok(Bytes::from_static(b": keep-alive\n\n")),
+                // Silent for less than the interval: nothing to send yet.
+                Wake::Tick if last_write.elapsed() < keepalive => continue,
+                Wake::Tick => yield Ok(Bytes::from_static(b": keep-alive\n\n")),
                 Wake::Frame(Err(broadcast::error::RecvError::Closed)) => break,
                 Wake::Frame(Err(broadcast::error::RecvError::Lagged(_))) => lagged = true,
                 Wake::Frame(Ok(frame)) => {
@@ -315,7 +320,11 @@ fn event_stream(
                                 lagged = true;
                                 break;
                             }
-                            Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+                            Err(TryRecvError::Empty) => {
+                                state.hub.note_caught_up();
+                                break;
+                            }
+                            Err(TryRecvError::Closed) => break,
                         }
                     }
                     if let Some(bytes) = chunk.take() {
@@ -326,7 +335,7 @@ fn event_stream(
             if lagged {
                 tracing::debug!(event.id = ?cursor.last.map(|id| id.to_string()), "client lagged; catching up from history");
                 let before = cursor.last;
-                if catch_up(&state, &mut cursor, &mut replay, "lagged_beyond_history").await && cursor.last == before {
+                if Box::pin(catch_up(&state, &mut cursor, &mut replay, "lagged_beyond_history")).await && cursor.last == before {
                     // Gap acknowledged: take whatever the broadcast still holds.
                     cursor.last = None;
                 }
@@ -334,7 +343,7 @@ fn event_stream(
                     yield Ok(chunk);
                 }
             }
-            keepalive_timer.as_mut().reset(tokio::time::Instant::now() + keepalive);
+            last_write = std::time::Instant::now();
         }
     }
 }

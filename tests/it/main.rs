@@ -21,4 +21,5 @@ mod resume;
 mod shutdown;
 mod slow_clients;
 mod smoke;
+mod stream_path;
 mod tls;
