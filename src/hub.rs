@@ -270,6 +270,30 @@ mod tests {
         assert_eq!(hub.cursor(), Some(EventId { ms: 2, seq: 0 }));
     }
 
+    #[tokio::test]
+    async fn drained_once_every_receiver_has_taken_the_last_batch() {
+        let hub = Hub::new(2, 16);
+        assert!(hub.is_drained(), "nothing sent yet");
+        let (mut a, _) = hub.subscribe();
+        let (mut b, _) = hub.subscribe();
+        hub.send(Frame::event(EventId { ms: 1, seq: 0 }, "{}"));
+        assert!(!hub.is_drained());
+        let waiter = tokio::spawn({
+            let hub = hub.clone();
+            async move { hub.drained().await }
+        });
+        a.try_recv().unwrap();
+        hub.note_caught_up();
+        assert!(!hub.is_drained(), "b has not taken it");
+        b.try_recv().unwrap();
+        hub.note_caught_up();
+        assert!(hub.is_drained());
+        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+            .await
+            .expect("the waiting subscriber is woken")
+            .unwrap();
+    }
+
     #[test]
     fn admits_at_most_max_clients() {
         let hub = Hub::new(2, 16);

@@ -115,8 +115,11 @@ async fn connection(mut stream: TcpStream, shared: Arc<Shared>) {
         }
         Ok(Peeked::Other(head)) => Box::pin(hyper_connection(stream, head, None, &shared)).await,
         Ok(Peeked::Stream { request, head }) => {
+            let request = unbox(request);
             let version = request.version();
-            let Ok(response) = shared.app.clone().oneshot(*request).await;
+            // Boxed: the router's future is large and short-lived; inline it
+            // would stay in every stream's task for the stream's life.
+            let Ok(response) = Box::pin(shared.app.clone().oneshot(request)).await;
             if stream::is_event_stream(&response) {
                 drop(head);
                 let io = StallTimeout::new(stream, shared.limits.send_timeout);
@@ -129,6 +132,13 @@ async fn connection(mut stream: TcpStream, shared: Arc<Shared>) {
     if let Err(err) = result {
         tracing::debug!(error = %err, "connection ended: {err}");
     }
+}
+
+/// Moves `value` out of its box and frees the box now, not at the end of
+/// the caller's scope (a moved-from `Box` binding keeps its allocation).
+#[allow(clippy::boxed_local)] // Taking the box by value is the point.
+fn unbox<T>(value: Box<T>) -> T {
+    *value
 }
 
 /// hyper serves the connection from its first byte (`head` was read by the

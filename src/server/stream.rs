@@ -155,6 +155,7 @@ pub(super) async fn serve_stream(
     let chunked = version == Version::HTTP_11;
     let (parts, mut body) = response.into_parts();
     let mut head = response_head(parts.status, &parts.headers);
+    drop(parts); // The headers are written; keep nothing of them per stream.
     head.put_slice(if chunked {
         b"transfer-encoding: chunked\r\n\r\n"
     } else {
