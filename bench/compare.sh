@@ -15,6 +15,8 @@
 #            what a server allocates up front (nginx's worker_connections
 #            array) is not in it
 #   post     accepted POSTs/s and POST p99 with no subscribers, open loop at POST_RATE/s
+#   churn    CHURN_RATE new streams/s (each reads its first bytes, then closes) for
+#            CHURN_SECS s while CHURN_OPEN stay open: connect p99, RSS growth
 #
 # Set-up, all on loopback and torn down at exit: two redis-servers on free
 # ports (no persistence); two nginx + nchan instances on the first (publisher
@@ -27,6 +29,7 @@
 #   SWEEP_RATES ["25 50 100 200 400 800 1600 3200 6400"]  CPU_RATE [1000]
 #   LAT_RATE [100]  IDLE_CLIENTS [10000, or CLIENTS when CLIENTS is set]
 #   POST_RATE [20000]  POST_CONNECTIONS [32 per instance]
+#   CHURN_RATE [1000]  CHURN_SECS [30]  CHURN_OPEN [10000, or CLIENTS when set]
 #   NCHAN_WORKERS [1] nginx worker processes per nchan instance
 #   RESULTS [target/compare-<time>.jsonl]: every bench report, one JSON per line
 #
@@ -50,10 +53,13 @@ LAT_RATE=${LAT_RATE:-100}
 IDLE_CLIENTS=${IDLE_CLIENTS:-${user_clients:-10000}}
 POST_RATE=${POST_RATE:-20000}
 POST_CONNECTIONS=${POST_CONNECTIONS:-32}
+CHURN_RATE=${CHURN_RATE:-1000}
+CHURN_SECS=${CHURN_SECS:-30}
+CHURN_OPEN=${CHURN_OPEN:-${user_clients:-10000}}
 NCHAN_WORKERS=${NCHAN_WORKERS:-1}
 RESULTS=${RESULTS:-target/compare-$(date +%Y%m%d-%H%M%S).jsonl}
 
-all_scenarios=(rate cpu latency rss post)
+all_scenarios=(rate cpu latency rss post churn)
 if [ "$#" -gt 0 ]; then
     scenarios=("$@")
 else
@@ -443,6 +449,21 @@ scenario_post() {
     done
     # shellcheck disable=SC2086
     record "e) POST p99, no subscribers @ $POST_RATE/s" "ms" "lower is better" ${p99[nchan]} -- ${p99[sse-fanout]}
+}
+
+scenario_churn() {
+    say "churn: $CHURN_RATE new streams/s for $CHURN_SECS s while $CHURN_OPEN stay open"
+    fixed --fresh churn .churn.connect_ms.p99 "churn: connect p99 @ $CHURN_RATE new/s" "ms" "lower is better" \
+        --clients "$CHURN_OPEN" --source-addrs "$(src_addrs "$CHURN_OPEN")" --rate 0 \
+        --churn-rate "$CHURN_RATE" --duration "$CHURN_SECS"
+    # RSS after the churn minus RSS before it, same runs.
+    local -A grown=([nchan]="" [sse-fanout]="")
+    local peer
+    for peer in "${peers[@]}"; do
+        grown[$peer]=$(jq -r --arg peer "$peer" 'select(.scenario == "churn" and .peer == $peer) | .server.rss_kib_end - .server.rss_kib_connected' "$RESULTS" | tr '\n' ' ')
+    done
+    # shellcheck disable=SC2086
+    record "churn: RSS after − before the churn" "KiB" "lower is better" ${grown[nchan]} -- ${grown[sse-fanout]}
 }
 
 for s in "${scenarios[@]}"; do

@@ -150,9 +150,10 @@ pub struct Config {
     #[arg(long, env = "HEADER_READ_TIMEOUT_SECS", default_value_t = DEFAULT_HEADER_READ_TIMEOUT_SECS,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub header_read_timeout_secs: u64,
-    /// Under load, events arriving within this many ms of the previous send
-    /// go to clients together (one write each); 0 sends every event at once.
-    /// The first event after a quiet spell is never delayed.
+    /// Upper bound, in ms, on how long events wait for local clients to take
+    /// the previous batch before going out together (one write each); an
+    /// event that finds every client idle is never delayed. 0 sends every
+    /// event at once.
     #[arg(long, env = "SSE_BATCH_WINDOW_MS", default_value_t = DEFAULT_SSE_BATCH_WINDOW_MS,
           value_parser = clap::value_parser!(u64).range(0..=1000))]
     pub sse_batch_window_ms: u64,

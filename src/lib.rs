@@ -12,6 +12,7 @@
 //! - [`routes`]: HTTP shape only; [`error`]: the JSON error contract.
 //! - [`server`]: accept loop, timeouts and graceful drain; [`shutdown`]: signals.
 //! - [`topic`]: topic selectors (`*`, exact, URI templates; SPEC §8.2).
+//! - [`keepalive`]: one keep-alive tick shared by every SSE stream.
 //! - [`model`], [`metrics`], [`state`], [`telemetry`].
 
 pub mod auth;
@@ -19,6 +20,7 @@ pub mod bus;
 pub mod config;
 pub mod error;
 pub mod hub;
+pub mod keepalive;
 pub mod metrics;
 pub mod model;
 pub mod routes;
@@ -111,6 +113,8 @@ pub async fn run(
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     let web_dir = config.web_dir.clone();
     let server_id = config.server_id.clone();
+    let keepalive =
+        keepalive::KeepAliveTick::spawn(config.keepalive(), shutdown.child_token(), &tracker);
     let state = AppState {
         config: Arc::new(config),
         bus,
@@ -119,6 +123,7 @@ pub async fn run(
         started_at: std::time::Instant::now(),
         metrics,
         auth,
+        keepalive,
     };
     if let Some(metrics_addr) = state.config.metrics_addr {
         serve_metrics(metrics_addr, state.clone(), shutdown.clone(), &tracker).await?;

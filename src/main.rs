@@ -6,6 +6,16 @@ use std::process::ExitCode;
 use sse_fanout::config::{Command, Config};
 use tokio_util::sync::CancellationToken;
 
+/// `--features mimalloc`: see BENCHMARKS.md "Allocator".
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// `--features jemalloc`: see BENCHMARKS.md "Allocator".
+#[cfg(all(feature = "jemalloc", not(feature = "mimalloc")))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = match Config::from_env() {
         Ok(cli) => cli,

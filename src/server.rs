@@ -1,27 +1,32 @@
-//! The HTTP/1.1 accept loop: hyper with a header-read timeout (slowloris),
-//! `TCP_NODELAY` (SSE frames are small and latency-bound), a write-stall
-//! timeout per connection (SPEC §3.4 "Slow clients"), and graceful drain.
+//! The HTTP/1.1 accept loop: a header-read timeout (slowloris), `TCP_NODELAY`
+//! (SSE frames are small and latency-bound), a write-stall timeout per
+//! connection (SPEC §3.4 "Slow clients"), and graceful drain. A connection
+//! whose first request is a plain `GET` of a stream route is served by
+//! [`stream`] with a few hundred bytes of state; everything else by hyper.
+
+mod stream;
 
 use std::{
+    convert::Infallible,
     future::Future,
     io,
-    pin::Pin,
+    pin::{pin, Pin},
+    sync::{Arc, Mutex},
     task::{Context, Poll},
     time::Duration,
 };
 
-use axum::Router;
-use hyper_util::{
-    rt::{TokioIo, TokioTimer},
-    server::graceful::GracefulShutdown,
-    service::TowerToHyperService,
-};
+use axum::{body::Body, http::Request, Router};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::{TcpListener, TcpStream},
     time::Sleep,
 };
-use tokio_util::sync::CancellationToken;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tower::ServiceExt;
+
+use self::stream::{Peeked, Rewind};
 
 /// Connection-level limits.
 #[derive(Debug, Clone, Copy)]
@@ -30,6 +35,15 @@ pub struct ServeLimits {
     pub header_read_timeout: Duration,
     /// Time a socket may refuse all writes before the connection is dropped.
     pub send_timeout: Duration,
+}
+
+/// What every connection task shares.
+#[derive(Debug)]
+struct Shared {
+    app: Router,
+    limits: ServeLimits,
+    http1: hyper::server::conn::http1::Builder,
+    shutdown: CancellationToken,
 }
 
 /// Accepts connections until `shutdown` fires, then stops accepting and
@@ -45,12 +59,18 @@ pub async fn serve(
     limits: ServeLimits,
     shutdown: CancellationToken,
 ) -> io::Result<()> {
-    let graceful = GracefulShutdown::new();
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .keep_alive(true);
+    let shared = Arc::new(Shared {
+        app,
+        limits,
+        http1,
+        shutdown: shutdown.clone(),
+    });
+    let connections = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -66,18 +86,99 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let io = TokioIo::new(StallTimeout::new(stream, limits.send_timeout));
-        let service = TowerToHyperService::new(app.clone());
-        let conn = graceful.watch(builder.serve_connection(io, service));
-        tokio::spawn(async move {
-            if let Err(err) = conn.await {
-                tracing::debug!(error = %err, "connection ended: {err}");
-            }
-        });
+        connections.spawn(connection(stream, shared.clone()));
     }
     drop(listener);
-    graceful.shutdown().await;
+    connections.close();
+    connections.wait().await;
     Ok(())
+}
+
+/// One connection: peek at the first request head (within the header-read
+/// timeout), then serve it as a stream or hand the connection to hyper.
+async fn connection(mut stream: TcpStream, shared: Arc<Shared>) {
+    let peeked = tokio::select! {
+        () = shared.shutdown.cancelled() => return,
+        peeked = tokio::time::timeout(shared.limits.header_read_timeout, stream::peek(&mut stream)) => peeked,
+    };
+    let result = match peeked {
+        // Slowloris or an idle connection: close, as hyper does.
+        Err(_) | Ok(Peeked::Closed) => return,
+        Ok(Peeked::Malformed) => {
+            let response =
+                crate::error::ApiError::BadRequest("malformed HTTP request head".to_owned());
+            stream::write_and_close(
+                &mut stream,
+                axum::response::IntoResponse::into_response(response),
+            )
+            .await
+        }
+        Ok(Peeked::Other(head)) => Box::pin(hyper_connection(stream, head, None, &shared)).await,
+        Ok(Peeked::Stream { request, head }) => {
+            let request = unbox(request);
+            let version = request.version();
+            // Boxed: the router's future is large and short-lived; inline it
+            // would stay in every stream's task for the stream's life.
+            let Ok(response) = Box::pin(shared.app.clone().oneshot(request)).await;
+            if stream::is_event_stream(&response) {
+                drop(head);
+                let io = StallTimeout::new(stream, shared.limits.send_timeout);
+                stream::serve_stream(io, version, response).await
+            } else {
+                Box::pin(hyper_connection(stream, head, Some(response), &shared)).await
+            }
+        }
+    };
+    if let Err(err) = result {
+        tracing::debug!(error = %err, "connection ended: {err}");
+    }
+}
+
+/// Moves `value` out of its box and frees the box now, not at the end of
+/// the caller's scope (a moved-from `Box` binding keeps its allocation).
+#[allow(clippy::boxed_local)] // Taking the box by value is the point.
+fn unbox<T>(value: Box<T>) -> T {
+    *value
+}
+
+/// hyper serves the connection from its first byte (`head` was read by the
+/// peek). With `first`, the router already answered the first request and
+/// hyper writes that answer instead of calling the router again, so every
+/// layer runs exactly once per request.
+async fn hyper_connection(
+    stream: TcpStream,
+    head: bytes::BytesMut,
+    first: Option<axum::response::Response>,
+    shared: &Shared,
+) -> io::Result<()> {
+    let io = TokioIo::new(Rewind::new(
+        head,
+        StallTimeout::new(stream, shared.limits.send_timeout),
+    ));
+    let first = Mutex::new(first);
+    let service = hyper::service::service_fn(move |request: Request<hyper::body::Incoming>| {
+        let answered = first
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        let app = shared.app.clone();
+        async move {
+            match answered {
+                Some(response) => Ok::<_, Infallible>(response),
+                None => app.oneshot(request.map(Body::new)).await,
+            }
+        }
+    });
+    let conn = shared.http1.serve_connection(io, service);
+    let mut conn = pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        () = shared.shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    result.map_err(io::Error::other)
 }
 
 /// A TCP stream whose writes fail with `TimedOut` once the peer has accepted
@@ -99,6 +200,11 @@ impl StallTimeout {
             timeout,
             stalled: None,
         }
+    }
+
+    /// The socket, for readiness checks that bypass the timeout.
+    pub fn get_ref(&self) -> &TcpStream {
+        &self.inner
     }
 
     fn on_write<T>(

@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Instant};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::{auth::Authorizer, bus::Bus, config::Config, hub::Hub};
+use crate::{auth::Authorizer, bus::Bus, config::Config, hub::Hub, keepalive::KeepAliveTick};
 
 /// Cheap-to-clone handles; one per instance.
 #[derive(Debug, Clone)]
@@ -24,4 +24,6 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Who may publish and subscribe (SPEC §8.4).
     pub auth: Authorizer,
+    /// The instance's one keep-alive tick for all SSE streams.
+    pub keepalive: KeepAliveTick,
 }

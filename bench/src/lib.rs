@@ -31,6 +31,7 @@
 //! publish URL and non-overlapping POSTs only; order disagreements (complete
 //! clients that saw a different order than the majority) hold in every case.
 
+mod churn;
 mod procstat;
 mod publish;
 mod report;
@@ -55,6 +56,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::{
+    churn::Churn,
     procstat::{MachineSample, ProcSample},
     report::{BenchUsage, Connections, Deliveries, Events, Latency, Report, ServerUsage},
     target::Target,
@@ -136,6 +138,11 @@ pub struct Args {
     /// Run id used in tokens (default: random).
     #[arg(long, value_name = "ID")]
     pub run_id: Option<String>,
+    /// Connection churn: open this many short-lived SSE streams per second
+    /// during the run (each reads its first bytes and closes), while the
+    /// `--clients` stay open; 0 = none.
+    #[arg(long, value_name = "STREAMS_PER_SEC", default_value_t = 0.0)]
+    pub churn_rate: f64,
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -151,12 +158,17 @@ impl Args {
             ("--duration", self.duration),
             ("--warmup", self.warmup),
             ("--drain", self.drain),
+            ("--churn-rate", self.churn_rate),
         ] {
             anyhow::ensure!(v.is_finite() && v >= 0.0, "{name} must be ≥ 0, got {v}");
         }
         anyhow::ensure!(
             self.timeout.is_finite() && self.timeout > 0.0,
             "--timeout must be > 0"
+        );
+        anyhow::ensure!(
+            self.churn_rate == 0.0 || !self.sse.is_empty(),
+            "--churn-rate needs at least one --sse URL"
         );
         anyhow::ensure!(
             self.clients == 0 || !self.sse.is_empty(),
@@ -286,11 +298,22 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let machine_start = MachineSample::read();
     let publish_start = Instant::now();
     let publish_start_ns = shared.ns(publish_start);
-    if total > 0 {
-        publisher.clone().run(shared.clone(), args.rate).await;
-    } else {
-        tokio::time::sleep(Duration::from_secs_f64(args.duration)).await;
-    }
+    let publishing = async {
+        if total > 0 {
+            publisher.clone().run(shared.clone(), args.rate).await;
+        } else {
+            tokio::time::sleep(Duration::from_secs_f64(args.duration)).await;
+        }
+    };
+    let churning = async {
+        if args.churn_rate > 0.0 {
+            let window = Duration::from_secs_f64(args.duration);
+            Some(churn::run(&sse_targets, args.churn_rate, window, timeout).await)
+        } else {
+            None
+        }
+    };
+    let ((), churn) = tokio::join!(publishing, churning);
     tokio::time::sleep(Duration::from_secs_f64(args.drain)).await;
     let server_end = ProcSample::read_all(&args.pids);
     let bench_end = ProcSample::read(None).unwrap_or_default();
@@ -437,6 +460,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         },
         machine_cpu_busy_pct: machine_start.busy_pct_until(machine_end),
         errors,
+        churn,
         args,
     })
 }

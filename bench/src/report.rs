@@ -33,6 +33,8 @@ pub struct Report {
     pub machine_cpu_busy_pct: f64,
     /// Failures by reason (`sse: …` for connections, `publish: …` for POSTs).
     pub errors: BTreeMap<String, u64>,
+    /// Short-lived streams opened during the run (`--churn-rate`); absent without.
+    pub churn: Option<crate::churn::Churn>,
 }
 
 /// SSE connection counts.
@@ -228,6 +230,13 @@ impl fmt::Display for Report {
                 s.cpu_cores,
                 opt(s.cpu_us_per_delivery, 3),
                 opt(s.cpu_us_per_event, 1)
+            )?;
+        }
+        if let Some(c) = &self.churn {
+            writeln!(
+                f,
+                "churn         ok {} / {}  failed {}  connect {}",
+                c.ok, c.scheduled, c.failed, c.connect_ms
             )?;
         }
         writeln!(

@@ -8,7 +8,6 @@ use std::{
 };
 
 use futures_util::{FutureExt, StreamExt};
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{redis::RedisBus, topology::Messages, BusError, History, HISTORY_PAGE};
@@ -49,13 +48,12 @@ const FORWARDED_CAP: usize = 10_000;
 /// A malformed message is logged at `warn` and dropped; nothing a publisher
 /// sends ends the loop (SPEC §4).
 ///
-/// Batching: after sending a batch to the hub, the subscriber gathers
-/// messages for up to `batch_window` before the next send, so that under
-/// load every client gets one wake-up and one write per window instead of
-/// per event (a loopback write that wakes a reader costs ~5 µs of CPU). The
-/// first event after a quiet spell is sent at once, and while batches hold
-/// single events the window is a quarter as long: latency grows only under
-/// load, by at most the window.
+/// Batching (see [`gather`]): an event goes to the hub at once when every
+/// local stream has taken the previous batch; while streams are still busy
+/// with it, events accumulate and go together once they have drained (or
+/// after `batch_window` at most), so under load every client gets one
+/// wake-up and one write per batch instead of per event (a loopback write
+/// that wakes a reader costs ~5 µs of CPU), and at low rates nothing waits.
 pub(super) async fn run(
     bus: RedisBus,
     hub: Hub,
@@ -97,11 +95,6 @@ pub(super) async fn run(
                 let mut messages = pubsub.take_until(Box::pin(async move {
                     let _ = switched.changed().await;
                 }));
-                // Start "quiet", so the first event goes out at once.
-                let mut last_batch_len = 0;
-                let mut last_send = Instant::now()
-                    .checked_sub(batch_window)
-                    .unwrap_or_else(Instant::now);
                 loop {
                     let msg = tokio::select! {
                         () = shutdown.cancelled() => break,
@@ -110,36 +103,7 @@ pub(super) async fn run(
                     let Some(msg) = msg else { break };
                     let mut batch = Batch::default();
                     batch.push(&hub, msg.get_payload_bytes());
-                    // Within the batch window of the previous send, wait out the
-                    // window gathering what arrives; then take what is ready.
-                    // Light load (the last batch was one event): a quarter
-                    // window, so isolated events stay fast; sustained load:
-                    // the full window, so writes per client stay few.
-                    let window = if last_batch_len > 1 {
-                        batch_window
-                    } else {
-                        batch_window / 4
-                    };
-                    let deadline = last_send + window;
-                    let mut ended = false;
-                    while batch.bytes < MAX_BATCH_BYTES {
-                        let next = if Instant::now() < deadline {
-                            tokio::select! {
-                                msg = messages.next() => Some(msg),
-                                () = tokio::time::sleep_until(deadline) => None,
-                            }
-                        } else {
-                            messages.next().now_or_never()
-                        };
-                        match next {
-                            Some(Some(msg)) => batch.push(&hub, msg.get_payload_bytes()),
-                            Some(None) => {
-                                ended = true;
-                                break;
-                            }
-                            None => break,
-                        }
-                    }
+                    let ended = gather(&mut messages, &hub, &mut batch, batch_window).await;
                     if !batch.frames.is_empty() {
                         // Counted when handed on, so the counter never runs ahead
                         // of what local clients can see.
@@ -147,10 +111,8 @@ pub(super) async fn run(
                         crate::metrics::record_delivery_lag(
                             batch.frames.iter().filter_map(Update::id),
                         );
-                        last_batch_len = batch.frames.len();
                         forwarded.record(&batch.frames);
                         hub.send_updates(batch.frames);
-                        last_send = Instant::now();
                     }
                     if ended {
                         break;
@@ -186,6 +148,39 @@ pub(super) async fn run(
         }
     }
     tracing::info!(server.id = bus.server_id(), "subscriber stopped");
+}
+
+/// Adds to `batch` whatever messages are already there, then, while the
+/// hub's previous batch has not drained, keeps gathering until it has, the
+/// batch is full, or `window` has passed since the wait began (a stalled
+/// stream never drains; the window bounds the delay it causes). Returns
+/// `true` when the message stream ended. No timer exists unless the hub is
+/// busy, so an idle instance pays nothing per event.
+async fn gather<S>(messages: &mut S, hub: &Hub, batch: &mut Batch, window: Duration) -> bool
+where
+    S: futures_util::Stream<Item = redis::Msg> + Unpin,
+{
+    let mut deadline: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    while batch.bytes < MAX_BATCH_BYTES {
+        let next = match messages.next().now_or_never() {
+            Some(ready) => Some(ready),
+            None if hub.is_drained() || window.is_zero() => return false,
+            None => {
+                let sleep = deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(window)));
+                tokio::select! {
+                    msg = messages.next() => Some(msg),
+                    () = hub.drained() => None,
+                    () = sleep.as_mut() => return false,
+                }
+            }
+        };
+        match next {
+            Some(Some(msg)) => batch.push(hub, msg.get_payload_bytes()),
+            Some(None) => return true,
+            None => {} // Drained (or a spurious wake): re-check.
+        }
+    }
+    false
 }
 
 /// Steps 1–3 of [`run`]; returns the subscription's message stream.

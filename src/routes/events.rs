@@ -22,6 +22,7 @@ use crate::{
     bus::{History, HISTORY_PAGE},
     error::ApiError,
     hub::{Batch, ClientPermit, Filter, Subscription},
+    keepalive::next_tick,
     metrics::SSE_RESETS,
     model::{EventId, Format, Frame, FrameKind, Update},
     state::AppState,
@@ -416,7 +417,7 @@ fn reset(format: Format, reason: &str) -> Option<Bytes> {
 enum Wake {
     Shutdown,
     Frame(Result<Arc<Batch>, broadcast::error::RecvError>),
-    KeepAlive,
+    Tick,
 }
 
 /// The body of one SSE response. Order: the preamble (native: `retry:` +
@@ -461,13 +462,14 @@ fn event_stream(
             Begin::Reset(reason) => replay.extend(reset(format, reason)),
             Begin::Oldest => {
                 cursor.last = None;
-                catch_up(&state, &filter, &mut cursor, None, &mut replay, "history_unavailable").await;
+                Box::pin(catch_up(&state, &filter, &mut cursor, None, &mut replay, "history_unavailable")).await;
                 // Everything up to the join point came from history.
                 cursor.last = cursor.last.max(joined_at);
             }
             Begin::After(id) => {
                 cursor.last = Some(id);
-                if catch_up(&state, &filter, &mut cursor, Some(id), &mut replay, "unknown_event_id").await && cursor.last == Some(id) {
+                // Boxed (here and below): a rare, large future, kept out of every idle stream's state.
+                if Box::pin(catch_up(&state, &filter, &mut cursor, Some(id), &mut replay, "unknown_event_id")).await && cursor.last == Some(id) {
                     // Nothing replayed: continue live from where this client subscribed.
                     cursor.last = joined_at;
                 }
@@ -477,8 +479,9 @@ fn event_stream(
             yield Ok(chunk);
         }
 
-        let keepalive = state.config.keepalive();
-        let mut keepalive_timer = pin!(tokio::time::sleep(keepalive));
+        let keepalive = state.keepalive.every();
+        let mut tick = state.keepalive.subscribe();
+        let mut last_write = std::time::Instant::now();
         let shutdown = state.shutdown.clone();
         let mut shutdown = pin!(shutdown.cancelled_owned());
         let expiry = expires_at.map(|at| {
@@ -497,12 +500,14 @@ fn event_stream(
                 () = &mut shutdown => Wake::Shutdown,
                 () = &mut expired => Wake::Shutdown,
                 received = subscription.rx.recv() => Wake::Frame(received),
-                () = &mut keepalive_timer => Wake::KeepAlive,
+                () = next_tick(&mut tick) => Wake::Tick,
             };
             let mut lagged = false;
             match wake {
                 Wake::Shutdown => break,
-                Wake::KeepAlive => yield Ok(Bytes::from_static(b": keep-alive\n\n")),
+                // Silent for less than the interval: nothing to send yet.
+                Wake::Tick if last_write.elapsed() < keepalive => continue,
+                Wake::Tick => yield Ok(Bytes::from_static(b": keep-alive\n\n")),
                 Wake::Frame(Err(broadcast::error::RecvError::Closed)) => break,
                 Wake::Frame(Err(broadcast::error::RecvError::Lagged(_))) => lagged = true,
                 Wake::Frame(Ok(frame)) => {
@@ -516,7 +521,11 @@ fn event_stream(
                                 lagged = true;
                                 break;
                             }
-                            Err(TryRecvError::Empty | TryRecvError::Closed) => break,
+                            Err(TryRecvError::Empty) => {
+                                state.hub.note_caught_up();
+                                break;
+                            }
+                            Err(TryRecvError::Closed) => break,
                         }
                     }
                     if let Some(bytes) = chunk.take() {
@@ -528,7 +537,7 @@ fn event_stream(
                 tracing::debug!(event.id = ?cursor.last.map(|id| id.to_string()), "client lagged; catching up from history");
                 let before = cursor.last;
                 let missing = match before {
-                    Some(from) => catch_up(&state, &filter, &mut cursor, Some(from), &mut replay, "lagged_beyond_history").await,
+                    Some(from) => Box::pin(catch_up(&state, &filter, &mut cursor, Some(from), &mut replay, "lagged_beyond_history")).await,
                     None => {
                         replay.extend(reset(format, "lagged_beyond_history"));
                         true
@@ -542,7 +551,7 @@ fn event_stream(
                     yield Ok(chunk);
                 }
             }
-            keepalive_timer.as_mut().reset(tokio::time::Instant::now() + keepalive);
+            last_write = std::time::Instant::now();
         }
     }
 }

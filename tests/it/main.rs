@@ -27,5 +27,6 @@ mod resume;
 mod shutdown;
 mod slow_clients;
 mod smoke;
+mod stream_path;
 mod tls;
 mod web;
