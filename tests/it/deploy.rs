@@ -389,7 +389,7 @@ fn compose_file_defines_redis_two_backends_and_nginx() {
     }
 }
 
-/// `docker-compose.sentinel.yml` (docs/high-availability.md): primary,
+/// `docker-compose.sentinel.yml` (README "High availability"): primary,
 /// replica of it, three sentinels monitoring it with quorum 2, and both
 /// backends in Sentinel mode waiting for healthy sentinels, behind nginx.
 #[test]

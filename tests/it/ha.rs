@@ -4,7 +4,7 @@
 //! every event the surviving history holds exactly once and in order, and
 //! anything it got that the new primary lost must be followed by `reset`
 //! (never a silent gap). The measured failover times are printed
-//! (`--nocapture`) and recorded in docs/high-availability.md.
+//! (`--nocapture`) and recorded in the README, "High availability".
 
 use std::{
     collections::{HashMap, HashSet},
