@@ -39,7 +39,7 @@ fn main() -> ExitCode {
     sse_fanout::telemetry::init(config.log_format);
     runtime.block_on(async move {
         let addr = std::net::SocketAddr::new(config.host, config.port);
-        let listener = match tokio::net::TcpListener::bind(addr).await {
+        let listener = match sse_fanout::server::bind(addr) {
             Ok(listener) => listener,
             Err(err) => {
                 eprintln!("sse-fanout: cannot listen on {addr}: {err}");

@@ -46,6 +46,29 @@ struct Shared {
     shutdown: CancellationToken,
 }
 
+/// The listen socket's accept queue length (`listen(2)` backlog; the kernel
+/// caps it at `net.core.somaxconn`, 4096 on current Linux). tokio's default
+/// of 1024 overflows when thousands of SSE clients reconnect at once (an
+/// instance stopped, nginx retrying the survivor), and each dropped SYN
+/// costs its client a 1 s, then 3 s retransmit.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a TCP listener on `addr` with `SO_REUSEADDR` (a restart does not
+/// wait for old connections in TIME_WAIT) and a [`LISTEN_BACKLOG`] queue.
+///
+/// # Errors
+/// The socket cannot be created, bound (address in use, no permission) or listened on.
+pub fn bind(addr: std::net::SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Accepts connections until `shutdown` fires, then stops accepting and
 /// returns once every connection has closed. SSE bodies end on the same
 /// token (see `routes::events`), so the wait is short; the caller bounds it

@@ -39,7 +39,7 @@ pub(crate) const NGINX_BACKEND_1: &str = "server backend-1:3000";
 /// See [`NGINX_BACKEND_1`].
 pub(crate) const NGINX_BACKEND_2: &str = "server backend-2:3002";
 /// The only `listen` directive of `nginx.conf`.
-pub(crate) const NGINX_LISTEN: &str = "listen 80;";
+pub(crate) const NGINX_LISTEN: &str = "listen 80 backlog=4096;";
 /// Opening of the `http` block, where temp and log paths are injected.
 pub(crate) const NGINX_HTTP_BLOCK: &str = "http {";
 
@@ -59,7 +59,7 @@ fn replace_exactly_once(text: &str, from: &str, to: &str) -> String {
 /// unprivileged on loopback, and returns its path:
 ///
 /// - `server backend-1:3000` → `server <backend_1>`, `server backend-2:3002` → `server <backend_2>`;
-/// - `listen 80;` → `listen 127.0.0.1:<listen_port>;`;
+/// - `listen 80 backlog=4096;` → `listen 127.0.0.1:<listen_port> backlog=4096;`;
 /// - right after `http {`: `client_body_temp_path`, `proxy_temp_path`, `fastcgi_temp_path`,
 ///   `uwsgi_temp_path`, `scgi_temp_path` and `access_log` under `dir`.
 ///
@@ -82,7 +82,7 @@ pub(crate) fn render_nginx_conf(
     text = replace_exactly_once(
         &text,
         NGINX_LISTEN,
-        &format!("listen 127.0.0.1:{listen_port};"),
+        &NGINX_LISTEN.replace("listen 80", &format!("listen 127.0.0.1:{listen_port}")),
     );
     let injected = format!(
         "{NGINX_HTTP_BLOCK}\n    \
