@@ -17,6 +17,19 @@
 #   post     accepted POSTs/s and POST p99 with no subscribers, open loop at POST_RATE/s
 #   churn    CHURN_RATE new streams/s (each reads its first bytes, then closes) for
 #            CHURN_SECS s while CHURN_OPEN stay open: connect p99, RSS growth
+#   topics   topic fan-out at TOPIC_RATE events/s, each event to one random topic:
+#            1,000 and 10,000 streams each on its own topic + 100 on every topic,
+#            and 1,000 topics × 10 streams; p99, missing, server CPU per event.
+#            sse-fanout: Mercure (`?topic=t<k>`, `topic=*`, POST /.well-known/mercure
+#            with a publisher JWT); nchan: one channel per topic (/sub/t<k>), each
+#            publish going to its topic's channel and to channel `all`
+#   storm    reconnect storm (sse-fanout only): the repo's nginx.conf in front of
+#            two more instances; SIGTERM one instance STORM_SIGNAL_AT s in: its
+#            streams resume on the other with Last-Event-ID; time until the last
+#            resumed, p99 of the events sent after the signal, missing and
+#            duplicates. Two cases: STORM_CLIENTS streams at STORM_RATE events/s,
+#            and STORM_FAST_CLIENTS at STORM_FAST_RATE (every delivery crosses
+#            nginx: 10,000 streams at 200/s would be 2M proxied writes/s)
 #
 # Set-up, all on loopback and torn down at exit: two redis-servers on free
 # ports (no persistence); two nginx + nchan instances on the first (publisher
@@ -30,6 +43,8 @@
 #   LAT_RATE [100]  IDLE_CLIENTS [10000, or CLIENTS when CLIENTS is set]
 #   POST_RATE [20000]  POST_CONNECTIONS [32 per instance]
 #   CHURN_RATE [1000]  CHURN_SECS [30]  CHURN_OPEN [10000, or CLIENTS when set]
+#   TOPIC_RATE [1000]  STORM_CLIENTS [10000]  STORM_RATE [2]  STORM_SIGNAL_AT [3]
+#   STORM_FAST_CLIENTS [1000]  STORM_FAST_RATE [200]
 #   NCHAN_WORKERS [1] nginx worker processes per nchan instance
 #   RESULTS [target/compare-<time>.jsonl]: every bench report, one JSON per line
 #
@@ -56,10 +71,16 @@ POST_CONNECTIONS=${POST_CONNECTIONS:-32}
 CHURN_RATE=${CHURN_RATE:-1000}
 CHURN_SECS=${CHURN_SECS:-30}
 CHURN_OPEN=${CHURN_OPEN:-${user_clients:-10000}}
+TOPIC_RATE=${TOPIC_RATE:-1000}
+STORM_CLIENTS=${STORM_CLIENTS:-${user_clients:-10000}}
+STORM_RATE=${STORM_RATE:-2}
+STORM_FAST_CLIENTS=${STORM_FAST_CLIENTS:-1000}
+STORM_FAST_RATE=${STORM_FAST_RATE:-200}
+STORM_SIGNAL_AT=${STORM_SIGNAL_AT:-3}
 NCHAN_WORKERS=${NCHAN_WORKERS:-1}
 RESULTS=${RESULTS:-target/compare-$(date +%Y%m%d-%H%M%S).jsonl}
 
-all_scenarios=(rate cpu latency rss post churn)
+all_scenarios=(rate cpu latency rss post churn topics storm)
 if [ "$#" -gt 0 ]; then
     scenarios=("$@")
 else
@@ -87,6 +108,7 @@ missing=()
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v redis-cli >/dev/null || missing+=(redis-tools)
 command -v jq >/dev/null || missing+=(jq)
+command -v python3 >/dev/null || missing+=(python3)
 command -v curl >/dev/null || missing+=(curl)
 if [ "${#missing[@]}" -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
@@ -222,6 +244,19 @@ http {
             nchan_redis_pass bench_redis;
             nchan_subscriber_first_message newest;
         }
+        # Topics: one channel per topic; every publish also goes to channel
+        # "all" (nchan's multi-channel publishing), read by /sub/all.
+        location ~ ^/pub/([A-Za-z0-9]+)\$ {
+            nchan_publisher;
+            nchan_channel_id \$1 all;
+            nchan_redis_pass bench_redis;
+        }
+        location ~ ^/sub/([A-Za-z0-9]+)\$ {
+            nchan_subscriber eventsource;
+            nchan_channel_id \$1;
+            nchan_redis_pass bench_redis;
+            nchan_subscriber_first_message newest;
+        }
     }
 }
 EOF
@@ -231,9 +266,16 @@ EOF
     wait_http "http://127.0.0.1:$port/ready"
 }
 
+# The Mercure publisher key of the sse-fanout instances and a publisher JWT
+# (HS256, `mercure.publish: ["*"]`), sent with every POST to sse-fanout (with
+# a key set, POST /accounts needs it too: SPEC §8.4).
+jwt_key=bench-$RANDOM$RANDOM
+publisher_jwt=$(python3 -c 'import base64,hashlib,hmac,sys;e=lambda b:base64.urlsafe_b64encode(b).rstrip(b"=");m=e(b"{\"alg\":\"HS256\",\"typ\":\"JWT\"}")+b"."+e(b"{\"mercure\":{\"publish\":[\"*\"]}}");print((m+b"."+e(hmac.new(sys.argv[1].encode(),m,hashlib.sha256).digest())).decode())' "$jwt_key")
+
 start_fanout() {
     local name=$1 port=$2 redis_port=$3
     SERVER_ID=$name HOST=127.0.0.1 PORT=$port REDIS_URL="redis://127.0.0.1:$redis_port" \
+        MERCURE_PUBLISHER_JWT_KEY=$jwt_key \
         MAX_SSE_CLIENTS=1000000 RUST_LOG=warn "$server_bin" >"$work/$name.log" 2>&1 &
     pids+=($!)
     echo "$!" >"$work/$name.pid"
@@ -276,9 +318,31 @@ stop_peers() {
     done
 }
 
-# The bench's flags for a peer's URLs, publish mode and processes.
+# The bench's flags for a peer's URLs, publish mode and processes; with a
+# second argument `topics`, the per-topic URLs (see the topics scenario).
 peer_args() {
-    if [ "$1" = nchan ]; then
+    if [ "$1" = nchan ] && [ "${2:-}" = topics ]; then
+        echo "--sse=http://127.0.0.1:$nchan1/sub/{topic}"
+        echo "--sse=http://127.0.0.1:$nchan2/sub/{topic}"
+        echo "--wildcard-sse=http://127.0.0.1:$nchan1/sub/all"
+        echo "--wildcard-sse=http://127.0.0.1:$nchan2/sub/all"
+        echo "--publish=http://127.0.0.1:$nchan1/pub/{topic}"
+        echo "--publish=http://127.0.0.1:$nchan2/pub/{topic}"
+        echo "--publish-mode=raw"
+        nginx_pid_args nchan-1
+        nginx_pid_args nchan-2
+    elif [ "${2:-}" = topics ]; then
+        echo "--sse=http://127.0.0.1:$fanout1/.well-known/mercure?topic={topic}"
+        echo "--sse=http://127.0.0.1:$fanout2/.well-known/mercure?topic={topic}"
+        echo "--wildcard-sse=http://127.0.0.1:$fanout1/.well-known/mercure?topic=*"
+        echo "--wildcard-sse=http://127.0.0.1:$fanout2/.well-known/mercure?topic=*"
+        echo "--publish=http://127.0.0.1:$fanout1/.well-known/mercure"
+        echo "--publish=http://127.0.0.1:$fanout2/.well-known/mercure"
+        echo "--publish-mode=mercure"
+        echo "--publish-token=$publisher_jwt"
+        echo "--pid=$(cat "$work/backend-1.pid")"
+        echo "--pid=$(cat "$work/backend-2.pid")"
+    elif [ "$1" = nchan ]; then
         echo "--sse=http://127.0.0.1:$nchan1/sub"
         echo "--sse=http://127.0.0.1:$nchan2/sub"
         echo "--publish=http://127.0.0.1:$nchan1/pub"
@@ -292,6 +356,7 @@ peer_args() {
         echo "--publish=http://127.0.0.1:$fanout1/accounts"
         echo "--publish=http://127.0.0.1:$fanout2/accounts"
         echo "--publish-mode=accounts"
+        echo "--publish-token=$publisher_jwt"
         echo "--pid=$(cat "$work/backend-1.pid")"
         echo "--pid=$(cat "$work/backend-2.pid")"
     fi
@@ -304,12 +369,17 @@ mkdir -p "$(dirname "$RESULTS")"
 : >"$RESULTS"
 
 # bench PEER SCENARIO ARGS...: runs the bench, appends its report (tagged with
-# peer and scenario) to RESULTS and prints it as one JSON line.
+# peer and scenario) to RESULTS and prints it as one JSON line. Scenarios
+# named topics* use the per-topic URLs; storm brings its own.
 bench() {
     local peer=$1 scenario=$2 report
     shift 2
-    local -a peer_args
-    mapfile -t peer_args < <(peer_args "$peer")
+    local -a peer_args=()
+    case "$scenario" in
+    topics*) mapfile -t peer_args < <(peer_args "$peer" topics) ;;
+    storm*) ;;
+    *) mapfile -t peer_args < <(peer_args "$peer") ;;
+    esac
     report=$("$bench_bin" --json --no-progress --warmup "$WARMUP" --drain "$DRAIN" \
         --duration "$DURATION" "${peer_args[@]}" "$@")
     report=$(jq -c --arg peer "$peer" --arg scenario "$scenario" \
@@ -361,7 +431,7 @@ record() {
     ma=$(median "${a[@]}")
     mb=$(median "${b[@]}")
     ratio=$(awk -v a="$ma" -v b="$mb" 'BEGIN { if (a == "null" || b == "null" || a + 0 == 0) print "-"; else printf "%.2f", b / a }')
-    summary+=("$(printf '%-50s %10s %10s %8s  %s' "$label ($unit)" "$(fmt "$ma")" "$(fmt "$mb")" "$ratio" "$better")")
+    summary+=("$(printf '%-62s %10s %10s %8s  %s' "$label${unit:+ ($unit)}" "$(fmt "$ma")" "$(fmt "$mb")" "$ratio" "$better")")
     printf '%s: nchan [%s] sse-fanout [%s]\n' "$label" "${a[*]}" "${b[*]}" >&2
 }
 
@@ -437,18 +507,25 @@ scenario_rss() {
         --clients "$IDLE_CLIENTS" --source-addrs "$(src_addrs "$IDLE_CLIENTS")" --rate 0
 }
 
+# also SCENARIO JQ_METRIC LABEL UNIT BETTER: records another metric of the
+# runs `fixed` just made for SCENARIO (read back from RESULTS).
+also() {
+    local scenario=$1 metric=$2 label=$3 unit=$4 better=$5
+    local -A values=([nchan]="" [sse-fanout]="")
+    local peer
+    for peer in "${peers[@]}"; do
+        values[$peer]=$(jq -r --arg peer "$peer" --arg s "$scenario" \
+            "select(.scenario == \$s and .peer == \$peer) | $metric // null" "$RESULTS" | tr '\n' ' ')
+    done
+    # shellcheck disable=SC2086
+    record "$label" "$unit" "$better" ${values[nchan]} -- ${values[sse-fanout]}
+}
+
 scenario_post() {
     say "post: POST throughput with no subscribers, open loop at $POST_RATE/s"
     fixed post .events.accepted_per_sec "e) POSTs accepted/s, no subscribers" "/s" "higher is better" \
         --clients 0 --rate "$POST_RATE" --publish-connections "$POST_CONNECTIONS"
-    # The POST p99 of the same runs.
-    local -A p99=([nchan]="" [sse-fanout]="")
-    local peer
-    for peer in "${peers[@]}"; do
-        p99[$peer]=$(jq -r --arg peer "$peer" 'select(.scenario == "post" and .peer == $peer) | .post_latency_ms.p99' "$RESULTS" | tr '\n' ' ')
-    done
-    # shellcheck disable=SC2086
-    record "e) POST p99, no subscribers @ $POST_RATE/s" "ms" "lower is better" ${p99[nchan]} -- ${p99[sse-fanout]}
+    also post .post_latency_ms.p99 "e) POST p99, no subscribers @ $POST_RATE/s" "ms" "lower is better"
 }
 
 scenario_churn() {
@@ -456,14 +533,94 @@ scenario_churn() {
     fixed --fresh churn .churn.connect_ms.p99 "churn: connect p99 @ $CHURN_RATE new/s" "ms" "lower is better" \
         --clients "$CHURN_OPEN" --source-addrs "$(src_addrs "$CHURN_OPEN")" --rate 0 \
         --churn-rate "$CHURN_RATE" --duration "$CHURN_SECS"
+    also churn '.churn.ok / .churn.scheduled * 100' "churn: streams that connected" "%" "higher is better"
     # RSS after the churn minus RSS before it, same runs.
-    local -A grown=([nchan]="" [sse-fanout]="")
-    local peer
-    for peer in "${peers[@]}"; do
-        grown[$peer]=$(jq -r --arg peer "$peer" 'select(.scenario == "churn" and .peer == $peer) | .server.rss_kib_end - .server.rss_kib_connected' "$RESULTS" | tr '\n' ' ')
+    also churn '.server.rss_kib_end - .server.rss_kib_connected' "churn: RSS after − before the churn" "KiB" "lower is better"
+}
+
+# topic_case NAME LABEL BENCH_ARGS...: one topic fan-out case, both peers.
+topic_case() {
+    local name=$1 label=$2
+    shift 2
+    fixed "$name" .latency_ms.p99 "$label: p99" "ms" "lower is better" \
+        --rate "$TOPIC_RATE" "$@"
+    also "$name" .deliveries.missing "$label: missing" "deliveries" "0 is the goal"
+    also "$name" .server.cpu_us_per_event "$label: server CPU per event" "µs" "lower is better"
+}
+
+scenario_topics() {
+    say "topics: $TOPIC_RATE events/s, each to one random topic"
+    topic_case topics-1k "f) 1,000 streams on own topics + 100 on all" \
+        --clients 1000 --topics 1000 --wildcard-clients 100 --source-addrs 1
+    topic_case topics-10k "g) 10,000 streams on own topics + 100 on all" \
+        --clients 10000 --topics 10000 --wildcard-clients 100 --source-addrs 2
+    topic_case topics-1kx10 "h) 1,000 topics × 10 streams" \
+        --clients 10000 --topics 1000 --source-addrs 2
+}
+
+# The repo's nginx.conf with only the listen address, the two upstream
+# servers and the paths (pid, logs, temp files) changed, as the tests do.
+start_repo_nginx() {
+    local dir=$1 port=$2 b1=$3 b2=$4
+    mkdir -p "$dir"
+    sed -e "s|^\( *\)listen 80\( backlog=[0-9]*\)\{0,1\};|\1listen 127.0.0.1:$port\2;|" \
+        -e "s|server backend-1:3000;|server 127.0.0.1:$b1;|" \
+        -e "s|server backend-2:3002;|server 127.0.0.1:$b2;|" \
+        -e "s|^http {|http {\n    client_body_temp_path $dir/client_body_temp;\n    proxy_temp_path $dir/proxy_temp;\n    fastcgi_temp_path $dir/fastcgi_temp;\n    uwsgi_temp_path $dir/uwsgi_temp;\n    scgi_temp_path $dir/scgi_temp;\n    access_log off;|" \
+        nginx.conf >"$dir/nginx.conf"
+    grep -q "listen 127.0.0.1:$port[ ;]" "$dir/nginx.conf" && grep -q "server 127.0.0.1:$b2;" "$dir/nginx.conf" ||
+        { echo "nginx.conf no longer has the lines the storm scenario renders" >&2; return 1; }
+    "$nginx_bin" -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" \
+        -g "daemon off; pid $dir/nginx.pid; error_log $dir/error.log warn;" &
+    pids+=($!)
+    echo "$!" >"$dir/master.pid"
+    wait_http "http://127.0.0.1:$port/health"
+}
+
+# storm_case NAME LABEL CLIENTS RATE: RUNS runs of one reconnect storm.
+storm_case() {
+    local name=$1 label=$2 clients=$3 rate=$4
+    say "storm: $clients streams through nginx over two instances, $rate events/s, SIGTERM one at ${STORM_SIGNAL_AT} s"
+    local run report storm_nginx s1 s2 dir pid
+    for run in $(seq "$RUNS"); do
+        s1=$(free_port)
+        s2=$(free_port)
+        storm_nginx=$(free_port)
+        dir=$work/$name-nginx-$run
+        start_fanout storm-1 "$s1" "$redis_fanout"
+        start_fanout storm-2 "$s2" "$redis_fanout"
+        start_repo_nginx "$dir" "$storm_nginx" "$s1" "$s2"
+        report=$(bench sse-fanout "$name" --clients "$clients" --source-addrs 2 \
+            --sse "http://127.0.0.1:$storm_nginx/events/sse" \
+            --publish "http://127.0.0.1:$storm_nginx/accounts" --rate "$rate" \
+            --publish-token "$publisher_jwt" \
+            --reconnect --signal-pid "$(cat "$work/storm-1.pid")" --signal-at "$STORM_SIGNAL_AT" \
+            --pid "$(cat "$work/storm-2.pid")")
+        show <<<"$report"
+        jq -r '"    storm: \(.resume.clients_reconnected) streams resumed (\(.resume.reconnects) resumes), last \(.resume.last_resumed_secs_after_signal) s after SIGTERM; after-signal p99 \(.resume.latency_after_signal_ms.p99) ms; missing \(.deliveries.missing), duplicates \(.deliveries.duplicates), POST failed \(.events.failed)"' <<<"$report" >&2
+        for pid in "$(cat "$dir/master.pid")" "$(cat "$work/storm-1.pid")" "$(cat "$work/storm-2.pid")"; do
+            kill "$pid" 2>/dev/null || true
+            wait "$pid" 2>/dev/null || true
+        done
     done
-    # shellcheck disable=SC2086
-    record "churn: RSS after − before the churn" "KiB" "lower is better" ${grown[nchan]} -- ${grown[sse-fanout]}
+    local metric label unit
+    local -a values
+    while IFS='|' read -r metric unit; do
+        mapfile -t values < <(jq -r --arg s "$name" "select(.scenario == \$s) | $metric // null" "$RESULTS")
+        record "$label: $unit" "" "sse-fanout only" -- "${values[@]}"
+    done <<'METRICS'
+.resume.last_resumed_secs_after_signal|SIGTERM → last stream resumed (s)
+.resume.clients_reconnected|streams resumed
+.resume.latency_after_signal_ms.p99|p99 of events sent after SIGTERM (ms)
+.deliveries.missing|missing deliveries
+.deliveries.duplicates|duplicate deliveries
+.events.failed|failed POSTs
+METRICS
+}
+
+scenario_storm() {
+    storm_case storm "i) storm, $STORM_CLIENTS streams @ $STORM_RATE/s" "$STORM_CLIENTS" "$STORM_RATE"
+    storm_case storm-fast "j) storm, $STORM_FAST_CLIENTS streams @ $STORM_FAST_RATE/s" "$STORM_FAST_CLIENTS" "$STORM_FAST_RATE"
 }
 
 for s in "${scenarios[@]}"; do
@@ -472,6 +629,6 @@ done
 
 echo
 echo "Medians of $RUNS run(s) per peer; $CLIENTS clients over two instances each; ${DURATION} s per run; $(nproc) cores."
-printf '%-50s %10s %10s %8s\n' "scenario" "nchan" "sse-fanout" "ratio"
+printf '%-62s %10s %10s %8s\n' "scenario" "nchan" "sse-fanout" "ratio"
 printf '%s\n' "${summary[@]}"
 echo "(ratio = sse-fanout / nchan; every report: $RESULTS)"

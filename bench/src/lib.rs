@@ -58,7 +58,7 @@ use tokio_util::sync::CancellationToken;
 pub use crate::{
     churn::Churn,
     procstat::{MachineSample, ProcSample},
-    report::{BenchUsage, Connections, Deliveries, Events, Latency, Report, ServerUsage},
+    report::{BenchUsage, Connections, Deliveries, Events, Latency, Report, Resume, ServerUsage},
     target::Target,
 };
 use crate::{
@@ -70,6 +70,8 @@ use crate::{
 const PROGRESS_MIN_SECS: f64 = 3.0;
 /// Latency histogram shards shared by the clients.
 const LATENCY_SHARDS: usize = 8;
+/// Replaced by the topic name in `--sse` and `--publish` URLs.
+pub const TOPIC_PLACEHOLDER: &str = "{topic}";
 
 /// What to publish to the `--publish` URLs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -79,6 +81,10 @@ pub enum PublishMode {
     Accounts,
     /// A raw message body, e.g. nchan's publisher: `{"name":"<token>"}`.
     Raw,
+    /// A Mercure update (draft-07 §5): form fields `topic=<topic>` and
+    /// `data={"name":"<token>"}`, e.g. to sse-fanout's `POST /.well-known/mercure`
+    /// (needs `--publish-token` with a publisher JWT).
+    Mercure,
 }
 
 /// Command-line arguments (see `--help`).
@@ -143,6 +149,37 @@ pub struct Args {
     /// `--clients` stay open; 0 = none.
     #[arg(long, value_name = "STREAMS_PER_SEC", default_value_t = 0.0)]
     pub churn_rate: f64,
+    /// Topics: 0 = none (every client gets every event); N > 0 = each event
+    /// goes to a topic `t<k>` with `k` uniform in `0..N` (seeded by
+    /// `--seed`), and client `i` subscribes to topic `t<i mod N>`. A
+    /// `{topic}` in an `--sse` or `--publish` URL is replaced by the topic.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub topics: u32,
+    /// Clients subscribed to every topic (besides `--clients`), through the
+    /// `--wildcard-sse` URLs (e.g. a Mercure `topic=*` or nchan's channel
+    /// that every publish also goes to).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub wildcard_clients: usize,
+    /// SSE URL of the `--wildcard-clients`; repeat it to spread them round-robin.
+    #[arg(long = "wildcard-sse", value_name = "URL")]
+    pub wildcard_sse: Vec<String>,
+    /// Seed of the event → topic choice.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub seed: u64,
+    /// Reconnect a stream that ends or fails before the run does, with
+    /// `Last-Event-ID` set to the last `id:` it read (WHATWG HTML §9.2.3), until
+    /// it gets a 2xx again (retrying every 50 ms within `--timeout`).
+    #[arg(long)]
+    pub reconnect: bool,
+    /// Send SIGTERM to this process (`kill -TERM`) `--signal-at` seconds into
+    /// the publishing: the reconnect-storm scenario. The report's `resume`
+    /// part says when the last stream resumed and the latency of the events
+    /// published after the signal.
+    #[arg(long, value_name = "PID", requires = "reconnect")]
+    pub signal_pid: Option<u32>,
+    /// Seconds after publishing starts to send the `--signal-pid` SIGTERM.
+    #[arg(long, value_name = "SECS", default_value_t = 2.0)]
+    pub signal_at: f64,
     /// Print the report as one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -159,6 +196,7 @@ impl Args {
             ("--warmup", self.warmup),
             ("--drain", self.drain),
             ("--churn-rate", self.churn_rate),
+            ("--signal-at", self.signal_at),
         ] {
             anyhow::ensure!(v.is_finite() && v >= 0.0, "{name} must be ≥ 0, got {v}");
         }
@@ -175,19 +213,39 @@ impl Args {
             "--clients {} needs at least one --sse URL",
             self.clients
         );
+        anyhow::ensure!(
+            self.wildcard_clients == 0 || !self.wildcard_sse.is_empty(),
+            "--wildcard-clients {} needs at least one --wildcard-sse URL",
+            self.wildcard_clients
+        );
+        anyhow::ensure!(
+            self.topics > 0 || self.wildcard_clients == 0,
+            "--wildcard-clients needs --topics"
+        );
+        for url in self.sse.iter().chain(&self.publish) {
+            anyhow::ensure!(
+                self.topics > 0 || !url.contains(TOPIC_PLACEHOLDER),
+                "{url:?} has {TOPIC_PLACEHOLDER} but --topics is 0"
+            );
+        }
         if let Some(id) = &self.run_id {
             anyhow::ensure!(
                 !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric()),
                 "--run-id must be ASCII letters and digits"
             );
         }
-        let seen_bytes = (self.clients as f64) * self.events() as f64 / 8.0;
+        let seen_bytes = (self.all_clients() as f64) * self.events() as f64 / 8.0;
         anyhow::ensure!(
             seen_bytes < 8.0 * f64::from(1u32 << 30),
             "--clients × rate × duration is too large to track (needs {:.0} GiB)",
             seen_bytes / f64::from(1u32 << 30)
         );
         Ok(())
+    }
+
+    /// Every SSE client of the run: `--clients` + `--wildcard-clients`.
+    fn all_clients(&self) -> usize {
+        self.clients + self.wildcard_clients
     }
 
     /// Events the run publishes: `rate × duration` when there is a publish URL.
@@ -229,6 +287,10 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     for url in &args.sse {
         sse_targets.push(Arc::new(Target::resolve(url).await?));
     }
+    let mut wildcard_targets = Vec::new();
+    for url in &args.wildcard_sse {
+        wildcard_targets.push(Arc::new(Target::resolve(url).await?));
+    }
     let mut publish_targets = Vec::new();
     for url in &args.publish {
         publish_targets.push(Target::resolve(url).await?);
@@ -240,6 +302,12 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     let prefix = format!("bench-{run_id}-");
     let total = args.events();
     let timeout = Duration::from_secs_f64(args.timeout);
+    let topic_of: Arc<[u32]> = if args.topics > 0 {
+        let mut rng = fastrand::Rng::with_seed(args.seed);
+        (0..total).map(|_| rng.u32(0..args.topics)).collect()
+    } else {
+        Arc::from([])
+    };
 
     let shared = Arc::new(Shared {
         t0: Instant::now(),
@@ -248,6 +316,10 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         latency: (0..LATENCY_SHARDS)
             .map(|_| Mutex::new(new_histogram()))
             .collect(),
+        latency_after_signal: (0..LATENCY_SHARDS)
+            .map(|_| Mutex::new(new_histogram()))
+            .collect(),
+        signal_ns: AtomicU64::new(0),
         deliveries: AtomicU64::new(0),
         connected: AtomicU64::new(0),
         failed: AtomicU64::new(0),
@@ -262,6 +334,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             bearer: args.publish_token.clone(),
             timeout,
             total,
+            topic_of: topic_of.clone(),
         })
         .context("publisher")?,
     );
@@ -270,14 +343,24 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     // 1–2: sample, connect, settle.
     let server_start = ProcSample::read_all(&args.pids);
     let connecting = Arc::new(Semaphore::new(args.connect_concurrency.max(1)));
-    let clients: Vec<_> = (0..args.clients)
+    let clients: Vec<_> = (0..args.all_clients())
         .map(|index| {
-            let target = sse_targets[index % sse_targets.len()].clone();
+            let (target, topic) = if index < args.clients {
+                let topic =
+                    (args.topics > 0).then(|| (index as u64 % u64::from(args.topics)) as u32);
+                (sse_targets[index % sse_targets.len()].clone(), topic)
+            } else {
+                let k = index - args.clients;
+                (wildcard_targets[k % wildcard_targets.len()].clone(), None)
+            };
             let plan = ClientPlan {
                 index,
                 source: target.source_for(index, args.source_addrs),
+                path: target.path_for(topic.map(topic_name).as_deref()),
+                topic,
                 target,
                 connect_timeout: timeout,
+                reconnect: args.reconnect,
             };
             tokio::spawn(run_client(plan, shared.clone(), connecting.clone()))
         })
@@ -286,7 +369,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     loop {
         let settled =
             shared.connected.load(Ordering::Relaxed) + shared.failed.load(Ordering::Relaxed);
-        if settled >= args.clients as u64 && Instant::now() >= warmup_end {
+        if settled >= args.all_clients() as u64 && Instant::now() >= warmup_end {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -313,7 +396,24 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             None
         }
     };
-    let ((), churn) = tokio::join!(publishing, churning);
+    let signalling = async {
+        let pid = args.signal_pid?;
+        tokio::time::sleep_until((publish_start + Duration::from_secs_f64(args.signal_at)).into())
+            .await;
+        shared
+            .signal_ns
+            .store(shared.ns(Instant::now()).max(1), Ordering::Relaxed);
+        let killed = tokio::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .await;
+        match killed {
+            Ok(status) if status.success() => None,
+            Ok(status) => Some(format!("kill -TERM {pid}: {status}")),
+            Err(e) => Some(format!("kill -TERM {pid}: {e}")),
+        }
+    };
+    let ((), churn, signal_error) = tokio::join!(publishing, churning, signalling);
     tokio::time::sleep(Duration::from_secs_f64(args.drain)).await;
     let server_end = ProcSample::read_all(&args.pids);
     let bench_end = ProcSample::read(None).unwrap_or_default();
@@ -340,14 +440,30 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         }
     }
     let events_ok = publisher.ok.load(Ordering::Relaxed);
+    // Accepted events per topic: what a client of that topic should see.
+    let mut ok_per_topic = vec![0u64; args.topics as usize];
+    for (seq, &topic) in topic_of.iter().enumerate() {
+        if accepted[seq / 64] & (1 << (seq % 64)) != 0 {
+            ok_per_topic[topic as usize] += 1;
+        }
+    }
     let mut errors = BTreeMap::new();
+    if let Some(e) = signal_error {
+        errors.insert(format!("signal: {e}"), 1);
+    }
     let mut connections = Connections {
-        attempted: args.clients as u64,
+        attempted: args.all_clients() as u64,
         ..Connections::default()
     };
+    let mut resume = args.reconnect.then(|| Resume {
+        signal_at_secs: args.signal_pid.map(|_| args.signal_at),
+        ..Resume::default()
+    });
+    let signal_ns = shared.signal_ns.load(Ordering::Relaxed);
     let mut deliveries = Deliveries::default();
     let mut last_delivery_ns = 0;
-    let mut orders: BTreeMap<u64, u64> = BTreeMap::new();
+    // (topic, order hash) → clients: clients of one topic must agree.
+    let mut orders: BTreeMap<(Option<u32>, u64), u64> = BTreeMap::new();
     for out in &outcomes {
         if let Some(e) = &out.error {
             connections.failed += 1;
@@ -363,18 +479,40 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         deliveries.order_violations += out.order_violations;
         deliveries.foreign += out.foreign;
         last_delivery_ns = last_delivery_ns.max(out.last_delivery_ns);
+        if let Some(r) = resume.as_mut() {
+            r.reconnects += out.reconnects;
+            r.clients_reconnected += u64::from(out.reconnects > 0);
+            if let Some(resumed) = out
+                .resumed_ns
+                .filter(|&at| signal_ns != 0 && at >= signal_ns)
+            {
+                let after = secs(resumed - signal_ns);
+                r.last_resumed_secs_after_signal = Some(
+                    r.last_resumed_secs_after_signal
+                        .map_or(after, |v: f64| v.max(after)),
+                );
+            }
+        }
+        let seen = seen_accepted(out, &accepted, &topic_of);
+        deliveries.misdelivered += seen.other_topics;
         if connected_ns <= publish_start_ns {
             connections.eligible += 1;
-            let missing = events_ok - seen_accepted(out, &accepted);
+            let expected = out.topic.map_or(events_ok, |t| ok_per_topic[t as usize]);
+            deliveries.expected += expected;
+            let missing = expected.saturating_sub(seen.own);
             deliveries.missing += missing;
             if missing == 0 && out.duplicates == 0 {
-                *orders.entry(out.order_hash).or_default() += 1;
+                *orders.entry((out.topic, out.order_hash)).or_default() += 1;
             }
         }
     }
-    let complete: u64 = orders.values().sum();
-    deliveries.order_disagreements = complete - orders.values().max().copied().unwrap_or(0);
-    deliveries.expected = connections.eligible * events_ok;
+    let mut agreeing: BTreeMap<Option<u32>, (u64, u64)> = BTreeMap::new();
+    for (&(topic, _), &n) in &orders {
+        let (complete, most) = agreeing.entry(topic).or_default();
+        *complete += n;
+        *most = (*most).max(n);
+    }
+    deliveries.order_disagreements = agreeing.values().map(|(c, m)| c - m).sum();
     deliveries.window_secs =
         secs(last_delivery_ns.saturating_sub(publish_start_ns)).max(args.duration);
     if deliveries.window_secs > 0.0 {
@@ -438,6 +576,15 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         _ => None,
     };
     let bench_cpu = bench_end.cpu_us.saturating_sub(bench_start.cpu_us);
+    if let Some(r) = resume.as_mut() {
+        let mut after = new_histogram();
+        for shard in shared.latency_after_signal.iter() {
+            after
+                .add(&*shard.lock().unwrap_or_else(PoisonError::into_inner))
+                .context("merging histograms")?;
+        }
+        r.latency_after_signal_ms = Latency::from_us(&after);
+    }
     let post_latency_ms = Latency::from_us(
         &publisher
             .latency
@@ -461,17 +608,53 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         machine_cpu_busy_pct: machine_start.busy_pct_until(machine_end),
         errors,
         churn,
+        resume,
         args,
     })
 }
 
-/// How many 2xx events (bits of `accepted`) the client saw.
-fn seen_accepted(out: &ClientOutcome, accepted: &[u64]) -> u64 {
-    out.seen
-        .iter()
-        .zip(accepted)
-        .map(|(s, a)| u64::from((s & a).count_ones()))
-        .sum()
+/// What a client saw of the 2xx events (bits of `accepted`).
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Seen {
+    /// Accepted events of its own topic (or of any, without topics).
+    own: u64,
+    /// Events of a topic it did not subscribe to.
+    other_topics: u64,
+}
+
+fn seen_accepted(out: &ClientOutcome, accepted: &[u64], topic_of: &[u32]) -> Seen {
+    let Some(topic) = out.topic else {
+        let own = out
+            .seen
+            .iter()
+            .zip(accepted)
+            .map(|(s, a)| u64::from((s & a).count_ones()))
+            .sum();
+        return Seen {
+            own,
+            other_topics: 0,
+        };
+    };
+    let mut seen = Seen::default();
+    for (word, &bits) in out.seen.iter().enumerate() {
+        let mut rest = bits;
+        while rest != 0 {
+            let bit = rest.trailing_zeros() as usize;
+            rest &= rest - 1;
+            let seq = word * 64 + bit;
+            if topic_of.get(seq) != Some(&topic) {
+                seen.other_topics += 1;
+            } else if accepted.get(word).is_some_and(|a| a & (1 << bit) != 0) {
+                seen.own += 1;
+            }
+        }
+    }
+    seen
+}
+
+/// Topic `k`'s name in URLs and Mercure updates: `t<k>`.
+pub fn topic_name(k: u32) -> String {
+    format!("t{k}")
 }
 
 /// A progress bar over the planned run time, redrawn from the shared
@@ -514,4 +697,44 @@ fn start_progress(
         }
     });
     Some(bar)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(topic: Option<u32>, seqs: &[usize]) -> ClientOutcome {
+        let mut out = ClientOutcome::default();
+        out.topic = topic;
+        for &seq in seqs {
+            if seq / 64 >= out.seen.len() {
+                out.seen.resize(seq / 64 + 1, 0);
+            }
+            out.seen[seq / 64] |= 1 << (seq % 64);
+        }
+        out
+    }
+
+    #[test]
+    fn counts_what_a_client_saw_of_its_own_topic() {
+        // Events 0..70 alternate topics 0 and 1; event 2 was not accepted.
+        let topic_of: Vec<u32> = (0..70).map(|seq| seq % 2).collect();
+        let accepted = [!0b100u64, (1 << 6) - 1];
+        let mine = client(Some(0), &[0, 2, 4, 64, 3]);
+        assert_eq!(
+            seen_accepted(&mine, &accepted, &topic_of),
+            Seen {
+                own: 3,
+                other_topics: 1
+            }
+        );
+        let all = client(None, &[0, 1, 2, 65]);
+        assert_eq!(
+            seen_accepted(&all, &accepted, &topic_of),
+            Seen {
+                own: 3,
+                other_topics: 0
+            }
+        );
+    }
 }

@@ -73,6 +73,7 @@ pub(crate) struct Publisher {
     prefix: String,
     authorization: Option<HeaderValue>,
     timeout: Duration,
+    topic_of: Arc<[u32]>,
     /// Per seq: the POST got a 2xx.
     pub accepted: Box<[AtomicBool]>,
     /// POSTs answered 2xx.
@@ -98,6 +99,8 @@ pub(crate) struct PublishPlan {
     pub bearer: Option<String>,
     pub timeout: Duration,
     pub total: u64,
+    /// Per seq, the topic index of the event (`--topics`); empty without topics.
+    pub topic_of: Arc<[u32]>,
 }
 
 impl Publisher {
@@ -121,6 +124,7 @@ impl Publisher {
             prefix: plan.prefix,
             authorization,
             timeout: plan.timeout,
+            topic_of: plan.topic_of,
             accepted: (0..total).map(|_| AtomicBool::new(false)).collect(),
             ok: AtomicU64::new(0),
             failed: AtomicU64::new(0),
@@ -157,12 +161,32 @@ impl Publisher {
         tracker.wait().await;
     }
 
+    /// The topic name of event `seq` (`t<k>`), if the run has topics.
+    fn topic(&self, seq: u64) -> Option<String> {
+        let k = self.topic_of.get(usize::try_from(seq).ok()?)?;
+        Some(crate::topic_name(*k))
+    }
+
     fn body(&self, seq: u64) -> Bytes {
         let prefix = &self.prefix;
         Bytes::from(match self.mode {
             PublishMode::Accounts => format!(r#"{{"name":"{prefix}{seq}","balance":{seq}}}"#),
             PublishMode::Raw => format!(r#"{{"name":"{prefix}{seq}"}}"#),
+            PublishMode::Mercure => form_urlencoded::Serializer::new(String::new())
+                .append_pair(
+                    "topic",
+                    &self.topic(seq).unwrap_or_else(|| "bench".to_owned()),
+                )
+                .append_pair("data", &format!(r#"{{"name":"{prefix}{seq}"}}"#))
+                .finish(),
         })
+    }
+
+    fn content_type(&self) -> &'static str {
+        match self.mode {
+            PublishMode::Accounts | PublishMode::Raw => "application/json",
+            PublishMode::Mercure => "application/x-www-form-urlencoded",
+        }
     }
 
     async fn post(self: Arc<Self>, seq: u64, scheduled: Instant, shared: Arc<Shared>) {
@@ -200,9 +224,10 @@ impl Publisher {
     async fn send(&self, pool: &Pool, seq: u64, shared: &Shared) -> Result<StatusCode, String> {
         let _permit = pool.permits.acquire().await.map_err(|e| e.to_string())?;
         let mut sender = pool.checkout().await?;
-        let mut request = Request::post(pool.target.path.as_str())
+        let path = pool.target.path_for(self.topic(seq).as_deref());
+        let mut request = Request::post(path)
             .header(header::HOST, pool.target.authority.as_str())
-            .header(header::CONTENT_TYPE, "application/json");
+            .header(header::CONTENT_TYPE, self.content_type());
         if let Some(auth) = &self.authorization {
             request = request.header(header::AUTHORIZATION, auth.clone());
         }
@@ -230,6 +255,10 @@ mod tests {
     use super::*;
 
     fn publisher(mode: PublishMode) -> Publisher {
+        publisher_with_topics(mode, Arc::from([]))
+    }
+
+    fn publisher_with_topics(mode: PublishMode, topic_of: Arc<[u32]>) -> Publisher {
         Publisher::new(PublishPlan {
             targets: Vec::new(),
             connections_per_url: 1,
@@ -238,6 +267,7 @@ mod tests {
             bearer: None,
             timeout: Duration::from_secs(1),
             total: 3,
+            topic_of,
         })
         .unwrap()
     }
@@ -252,5 +282,12 @@ mod tests {
             publisher(PublishMode::Raw).body(7),
             r#"{"name":"bench-r-7"}"#
         );
+        let p = publisher_with_topics(PublishMode::Mercure, Arc::from([4, 9]));
+        assert_eq!(p.topic(1).as_deref(), Some("t9"));
+        assert_eq!(
+            p.body(1),
+            "topic=t9&data=%7B%22name%22%3A%22bench-r-1%22%7D"
+        );
+        assert_eq!(p.content_type(), "application/x-www-form-urlencoded");
     }
 }

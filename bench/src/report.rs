@@ -35,6 +35,8 @@ pub struct Report {
     pub errors: BTreeMap<String, u64>,
     /// Short-lived streams opened during the run (`--churn-rate`); absent without.
     pub churn: Option<crate::churn::Churn>,
+    /// Resumed streams (`--reconnect`); absent without.
+    pub resume: Option<Resume>,
 }
 
 /// SSE connection counts.
@@ -94,6 +96,25 @@ pub struct Deliveries {
     pub order_disagreements: u64,
     /// Token-bearing events whose seq this run never published.
     pub foreign: u64,
+    /// Events a client got although it did not subscribe to their topic
+    /// (`--topics`): a routing (or authorization) bug when not 0.
+    pub misdelivered: u64,
+}
+
+/// Streams resumed after they ended (`--reconnect`), e.g. the reconnect storm
+/// after `--signal-pid` got SIGTERM.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Resume {
+    /// Seconds into the publishing when SIGTERM was sent; `None` without `--signal-pid`.
+    pub signal_at_secs: Option<f64>,
+    /// Streams that ended and were resumed at least once.
+    pub clients_reconnected: u64,
+    /// Resumes in all (a stream can end more than once).
+    pub reconnects: u64,
+    /// Signal → the last resumed stream's response headers, seconds.
+    pub last_resumed_secs_after_signal: Option<f64>,
+    /// POST written → event read, for events sent after the signal (ms).
+    pub latency_after_signal_ms: Latency,
 }
 
 /// Latency percentiles in milliseconds.
@@ -217,6 +238,13 @@ impl fmt::Display for Report {
                 String::new()
             }
         )?;
+        if d.misdelivered > 0 {
+            writeln!(
+                f,
+                "misdelivered  {} (events of a topic the client did not subscribe to)",
+                d.misdelivered
+            )?;
+        }
         writeln!(f, "latency       {}", self.latency_ms)?;
         writeln!(f, "POST latency  {}", self.post_latency_ms)?;
         if let Some(s) = &self.server {
@@ -238,6 +266,16 @@ impl fmt::Display for Report {
                 "churn         ok {} / {}  failed {}  connect {}",
                 c.ok, c.scheduled, c.failed, c.connect_ms
             )?;
+        }
+        if let Some(r) = &self.resume {
+            writeln!(
+                f,
+                "resume        {} streams resumed ({} resumes), last {} s after the signal",
+                r.clients_reconnected,
+                r.reconnects,
+                opt(r.last_resumed_secs_after_signal, 3)
+            )?;
+            writeln!(f, "  after signal {}", r.latency_after_signal_ms)?;
         }
         writeln!(
             f,

@@ -36,6 +36,10 @@ pub(crate) struct Shared {
     pub token: Finder<'static>,
     /// Latency histograms (µs), sharded to keep lock contention low.
     pub latency: Box<[Mutex<Histogram<u64>>]>,
+    /// The same, for events sent after `--signal-pid`'s signal only.
+    pub latency_after_signal: Box<[Mutex<Histogram<u64>>]>,
+    /// When the signal was sent, ns since `t0`; 0 = not (yet).
+    pub signal_ns: AtomicU64,
     /// Deliveries so far, for the progress bar.
     pub deliveries: AtomicU64,
     /// Clients that got their response headers so far.
@@ -50,6 +54,24 @@ impl Shared {
     /// Nanoseconds from `t0` to `at`.
     pub fn ns(&self, at: Instant) -> u64 {
         u64::try_from(at.saturating_duration_since(self.t0).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Adds latency samples to histogram shard `shard`.
+    fn record(&self, shard: usize, samples: &[Sample]) {
+        fn lock(h: &Mutex<Histogram<u64>>) -> std::sync::MutexGuard<'_, Histogram<u64>> {
+            h.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        }
+        let mut all = lock(&self.latency[shard]);
+        for &(us, _) in samples {
+            all.saturating_record(us);
+        }
+        drop(all);
+        if samples.iter().any(|&(_, after)| after) {
+            let mut after = lock(&self.latency_after_signal[shard]);
+            for &(us, _) in samples.iter().filter(|(_, after)| *after) {
+                after.saturating_record(us);
+            }
+        }
     }
 }
 
@@ -125,12 +147,18 @@ pub(crate) fn token_seq(line: &[u8], token: &Finder<'_>) -> Option<u64> {
 /// What one client saw.
 #[derive(Debug)]
 pub(crate) struct ClientOutcome {
+    /// The topic index it subscribed to (`--topics`); `None` = every event.
+    pub topic: Option<u32>,
     /// When the response headers (2xx) arrived, ns since `t0`.
     pub connected_ns: Option<u64>,
     /// Why it never connected.
     pub error: Option<String>,
-    /// The stream ended (or failed) before the run did.
+    /// The stream ended (or failed) before the run did, and was not resumed.
     pub dropped: bool,
+    /// Times the stream ended and was resumed (`--reconnect`).
+    pub reconnects: u64,
+    /// When the last resumed stream got its response headers, ns since `t0`.
+    pub resumed_ns: Option<u64>,
     /// Events carrying this run's token, duplicates included.
     pub deliveries: u64,
     /// Events seen again by this client.
@@ -147,17 +175,24 @@ pub(crate) struct ClientOutcome {
     /// clients that saw the same events in the same order agree on it.
     pub order_hash: u64,
     last_seq: Option<u64>,
+    /// The value of the last `id:` line, sent as `Last-Event-ID` on resume.
+    last_id: Vec<u8>,
 }
 
 /// FNV-1a offset basis: `order_hash` of a client that saw nothing.
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+/// Pause between failed resume attempts.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 impl Default for ClientOutcome {
     fn default() -> Self {
         Self {
+            topic: None,
             connected_ns: None,
             error: None,
             dropped: false,
+            reconnects: 0,
+            resumed_ns: None,
             deliveries: 0,
             duplicates: 0,
             order_violations: 0,
@@ -166,12 +201,16 @@ impl Default for ClientOutcome {
             seen: Vec::new(),
             order_hash: FNV_OFFSET,
             last_seq: None,
+            last_id: Vec::new(),
         }
     }
 }
 
+/// A latency sample: µs, and whether the event was sent after `--signal-pid`'s signal.
+type Sample = (u64, bool);
+
 impl ClientOutcome {
-    fn on_seq(&mut self, seq: u64, now_ns: u64, shared: &Shared, latencies: &mut Vec<u64>) {
+    fn on_seq(&mut self, seq: u64, now_ns: u64, shared: &Shared, latencies: &mut Vec<Sample>) {
         let Some(sent) = usize::try_from(seq)
             .ok()
             .and_then(|i| shared.send_ns.get(i))
@@ -195,7 +234,21 @@ impl ClientOutcome {
         self.order_hash = (self.order_hash ^ seq).wrapping_mul(0x0100_0000_01b3);
         let sent = sent.load(Ordering::Relaxed);
         if sent != 0 {
-            latencies.push(now_ns.saturating_sub(sent) / 1000);
+            let signal = shared.signal_ns.load(Ordering::Relaxed);
+            latencies.push((
+                now_ns.saturating_sub(sent) / 1000,
+                signal != 0 && sent >= signal,
+            ));
+        }
+    }
+
+    /// Remembers the value of an `id:` line (one leading space stripped, as
+    /// WHATWG HTML §9.2.6 does).
+    fn on_line(&mut self, line: &[u8]) {
+        if let Some(value) = line.strip_prefix(b"id:") {
+            let value = value.strip_prefix(b" ").unwrap_or(value);
+            self.last_id.clear();
+            self.last_id.extend_from_slice(value);
         }
     }
 }
@@ -205,12 +258,18 @@ impl ClientOutcome {
 pub(crate) struct ClientPlan {
     pub index: usize,
     pub target: Arc<Target>,
+    /// The request target (the URL's path with `{topic}` filled in).
+    pub path: String,
+    pub topic: Option<u32>,
     pub source: Option<IpAddr>,
     pub connect_timeout: Duration,
+    /// Resume a stream that ends before the run does (`--reconnect`).
+    pub reconnect: bool,
 }
 
 /// Connects, subscribes and counts token-bearing events until `shared.stop`.
-/// `connecting` bounds how many clients are between connect and response headers.
+/// `connecting` bounds how many clients are between connect and response
+/// headers the first time (resumes do not wait: that is the storm).
 pub(crate) async fn run_client(
     plan: ClientPlan,
     shared: Arc<Shared>,
@@ -224,14 +283,60 @@ pub(crate) async fn run_client(
 }
 
 async fn client(plan: ClientPlan, shared: &Shared, connecting: Arc<Semaphore>) -> ClientOutcome {
-    let mut out = ClientOutcome::default();
-    let permit = tokio::select! {
+    let mut out = ClientOutcome {
+        topic: plan.topic,
+        ..ClientOutcome::default()
+    };
+    let mut permit = tokio::select! {
         p = connecting.acquire_owned() => p.ok(),
         () = shared.stop.cancelled() => {
             out.error = Some("run ended before connecting".to_owned());
             return out;
         }
     };
+    // When the stream last ended; resumes are tried until `connect_timeout` after it.
+    let mut ended_at: Option<Instant> = None;
+    loop {
+        let (had_headers, ended) = stream_once(&plan, shared, &mut out, &mut permit).await;
+        let stopped = shared.stop.is_cancelled();
+        if out.connected_ns.is_none() {
+            out.error = Some(match ended {
+                Err(e) => e,
+                Ok(()) if stopped => "run ended before response headers".to_owned(),
+                Ok(()) => "closed before response headers".to_owned(),
+            });
+            return out;
+        }
+        if stopped {
+            return out;
+        }
+        if !plan.reconnect {
+            out.dropped = true;
+            return out;
+        }
+        if had_headers {
+            ended_at = Some(Instant::now());
+        } else {
+            if ended_at.is_some_and(|at| at.elapsed() > plan.connect_timeout) {
+                out.dropped = true;
+                return out;
+            }
+            tokio::select! {
+                () = tokio::time::sleep(RETRY_PAUSE) => {}
+                () = shared.stop.cancelled() => return out,
+            }
+        }
+    }
+}
+
+/// One HTTP/1 connection and its stream: returns whether response headers
+/// (2xx) arrived, and how it ended (`Ok` = the stream or the run ended).
+async fn stream_once(
+    plan: &ClientPlan,
+    shared: &Shared,
+    out: &mut ClientOutcome,
+    permit: &mut Option<tokio::sync::OwnedSemaphorePermit>,
+) -> (bool, Result<(), String>) {
     let target = &plan.target;
     let connected = tokio::time::timeout(plan.connect_timeout, async {
         let stream = connect(target.addr, plan.source)
@@ -244,23 +349,22 @@ async fn client(plan: ClientPlan, shared: &Shared, connecting: Arc<Semaphore>) -
     .await;
     let (mut sender, conn) = match connected {
         Ok(Ok(pair)) => pair,
-        Ok(Err(e)) => {
-            out.error = Some(e);
-            return out;
-        }
-        Err(_) => {
-            out.error = Some("connect: timed out".to_owned());
-            return out;
-        }
+        Ok(Err(e)) => return (false, Err(e)),
+        Err(_) => return (false, Err("connect: timed out".to_owned())),
     };
-    let request = Request::get(target.path.as_str())
+    let mut request = Request::get(plan.path.as_str())
         .header(header::HOST, target.authority.as_str())
         .header(header::ACCEPT, "text/event-stream")
-        .header(header::CACHE_CONTROL, "no-cache")
-        .body(Empty::<Bytes>::new())
-        .expect("valid request");
+        .header(header::CACHE_CONTROL, "no-cache");
+    if !out.last_id.is_empty() {
+        if let Ok(id) = header::HeaderValue::from_bytes(&out.last_id) {
+            request = request.header("last-event-id", id);
+        }
+    }
+    let request = request.body(Empty::<Bytes>::new()).expect("valid request");
     let mut conn = std::pin::pin!(conn);
-    let shard = &shared.latency[plan.index % shared.latency.len()];
+    let shard = plan.index % shared.latency.len();
+    let mut had_headers = false;
 
     let reader = async {
         let response = tokio::time::timeout(plan.connect_timeout, sender.send_request(request))
@@ -270,9 +374,16 @@ async fn client(plan: ClientPlan, shared: &Shared, connecting: Arc<Semaphore>) -
         if !response.status().is_success() {
             return Err(format!("HTTP {}", response.status().as_u16()));
         }
-        out.connected_ns = Some(shared.ns(Instant::now()));
-        shared.connected.fetch_add(1, Ordering::Relaxed);
-        drop(permit);
+        let now_ns = shared.ns(Instant::now());
+        had_headers = true;
+        if out.connected_ns.is_none() {
+            out.connected_ns = Some(now_ns);
+            shared.connected.fetch_add(1, Ordering::Relaxed);
+            drop(permit.take());
+        } else {
+            out.reconnects += 1;
+            out.resumed_ns = Some(now_ns);
+        }
         let mut body = response.into_body();
         let mut lines = LineSplitter::default();
         let mut latencies = Vec::new();
@@ -286,6 +397,8 @@ async fn client(plan: ClientPlan, shared: &Shared, connecting: Arc<Semaphore>) -
             lines.feed(chunk, |line| {
                 if let Some(seq) = token_seq(line, &shared.token) {
                     out.on_seq(seq, now_ns, shared, &mut latencies);
+                } else if plan.reconnect {
+                    out.on_line(line);
                 }
             });
             let new = out.deliveries - before;
@@ -294,12 +407,7 @@ async fn client(plan: ClientPlan, shared: &Shared, connecting: Arc<Semaphore>) -
                 shared.deliveries.fetch_add(new, Ordering::Relaxed);
             }
             if !latencies.is_empty() {
-                let mut h = shard
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner);
-                for &us in &latencies {
-                    h.saturating_record(us);
-                }
+                shared.record(shard, &latencies);
                 latencies.clear();
             }
         }
@@ -312,19 +420,7 @@ async fn client(plan: ClientPlan, shared: &Shared, connecting: Arc<Semaphore>) -
         res = &mut conn => res.map_err(|e| format!("connection: {e}")),
         res = reader => res,
     };
-    let stopped = shared.stop.is_cancelled();
-    match ended {
-        Err(e) if out.connected_ns.is_none() => out.error = Some(e),
-        _ if out.connected_ns.is_none() => {
-            out.error = Some(if stopped {
-                "run ended before response headers".to_owned()
-            } else {
-                "closed before response headers".to_owned()
-            });
-        }
-        _ => out.dropped = !stopped,
-    }
-    out
+    (had_headers, ended)
 }
 
 #[cfg(test)]
@@ -375,6 +471,8 @@ mod tests {
             send_ns: (0..10).map(|_| AtomicU64::new(send_ns)).collect(),
             token: Finder::new(b"x").into_owned(),
             latency: vec![Mutex::new(new_histogram())].into_boxed_slice(),
+            latency_after_signal: vec![Mutex::new(new_histogram())].into_boxed_slice(),
+            signal_ns: AtomicU64::new(0),
             deliveries: AtomicU64::new(0),
             connected: AtomicU64::new(0),
             failed: AtomicU64::new(0),
@@ -394,8 +492,23 @@ mod tests {
         assert_eq!(out.duplicates, 1);
         assert_eq!(out.order_violations, 1);
         assert_eq!(out.foreign, 1);
-        assert_eq!(lat, [3000; 5]);
+        assert_eq!(lat, [(3000, false); 5]);
         assert_eq!(out.seen, [0b1111]);
+    }
+
+    #[test]
+    fn marks_samples_sent_after_the_signal_and_keeps_the_last_id() {
+        let shared = test_shared(1_000);
+        shared.signal_ns.store(500, Ordering::Relaxed);
+        let mut out = ClientOutcome::default();
+        let mut lat = Vec::new();
+        out.on_seq(0, 2_000, &shared, &mut lat);
+        assert_eq!(lat, [(1, true)]);
+        out.on_line(b"id: 1-0");
+        out.on_line(b"data: x");
+        assert_eq!(out.last_id, b"1-0");
+        out.on_line(b"id:abc");
+        assert_eq!(out.last_id, b"abc");
     }
 
     #[test]

@@ -6,6 +6,11 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use anyhow::Context as _;
 use tokio::net::{TcpSocket, TcpStream};
 
+use crate::TOPIC_PLACEHOLDER;
+
+/// What `{topic}` stands in for while a URL is parsed.
+const TOPIC_STAND_IN: &str = "__bench_topic__";
+
 /// An `http://host[:port]/path` URL, resolved once to a socket address.
 #[derive(Debug, Clone)]
 pub struct Target {
@@ -25,7 +30,11 @@ impl Target {
     /// # Errors
     /// When it is not an `http://` URL with a host, or the host does not resolve.
     pub async fn resolve(url: &str) -> anyhow::Result<Self> {
-        let uri: hyper::Uri = url.parse().with_context(|| format!("bad URL {url:?}"))?;
+        // `{` is not a URI character: parse with a stand-in, put it back in `path`.
+        let uri: hyper::Uri = url
+            .replace(TOPIC_PLACEHOLDER, TOPIC_STAND_IN)
+            .parse()
+            .with_context(|| format!("bad URL {url:?}"))?;
         anyhow::ensure!(
             uri.scheme_str() == Some("http"),
             "only http:// URLs are supported, got {url:?}"
@@ -54,8 +63,18 @@ impl Target {
             authority: authority.as_str().to_owned(),
             path: uri
                 .path_and_query()
-                .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned()),
+                .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned())
+                .replace(TOPIC_STAND_IN, TOPIC_PLACEHOLDER),
         })
+    }
+
+    /// The request target with `{topic}` replaced by `topic` (used as is:
+    /// bench topic names `t<k>` need no percent-encoding).
+    pub fn path_for(&self, topic: Option<&str>) -> String {
+        match topic {
+            Some(topic) => self.path.replace(TOPIC_PLACEHOLDER, topic),
+            None => self.path.clone(),
+        }
     }
 
     /// The source address for the `index`-th connection when `source_addrs`
@@ -105,6 +124,11 @@ mod tests {
         assert_eq!(t.addr.port(), 80);
         assert_eq!(t.path, "/");
         assert!(Target::resolve("https://127.0.0.1/").await.is_err());
+        let t = Target::resolve("http://127.0.0.1:1/sub/{topic}?topic={topic}")
+            .await
+            .unwrap();
+        assert_eq!(t.path, "/sub/{topic}?topic={topic}");
+        assert_eq!(t.path_for(Some("t7")), "/sub/t7?topic=t7");
     }
 
     #[tokio::test]
