@@ -47,6 +47,8 @@
 #   STORM_FAST_CLIENTS [1000]  STORM_FAST_RATE [200]
 #   NCHAN_WORKERS [1] nginx worker processes per nchan instance
 #   RESULTS [target/compare-<time>.jsonl]: every bench report, one JSON per line
+#   FANOUT_BIN [target/release/sse-fanout]: the sse-fanout binary to measure
+#            (e.g. an older commit's build, for a before/after in one run)
 #
 # Needs nginx, libnginx-mod-nchan, redis-server, jq and curl: installed with
 # apt-get when running as root, else the command to run is printed.
@@ -136,7 +138,7 @@ fi
 say "building sse-fanout and the bench (release)"
 cargo build --release --locked -p sse-fanout -p sse-fanout-bench >&2
 target_dir=${CARGO_TARGET_DIR:-target}
-server_bin=$target_dir/release/sse-fanout
+server_bin=${FANOUT_BIN:-$target_dir/release/sse-fanout}
 bench_bin=$target_dir/release/sse-fanout-bench
 
 # --- processes ----------------------------------------------------------------

@@ -5,14 +5,11 @@
 
 use std::{
     collections::HashMap,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc, Mutex,
-    },
+    sync::{Arc, Mutex},
 };
 
 use bytes::{Bytes, BytesMut};
-use tokio::sync::{broadcast, Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{broadcast, OwnedSemaphorePermit, Semaphore};
 
 use crate::{
     model::{EventId, Format, Frame, FrameKind, Update},
@@ -154,11 +151,6 @@ struct Inner {
     clients: Arc<Semaphore>,
     /// `MAX_SSE_CLIENTS`, to compute the open-stream count from free permits.
     max_clients: usize,
-    /// Set while the subscriber holds events back until the previous batch
-    /// has drained; only then do streams check and poke [`Inner::drained`].
-    awaiting_drain: AtomicBool,
-    /// Poked by the stream that takes the last batch while the subscriber waits.
-    drained: Notify,
 }
 
 #[derive(Debug, Default)]
@@ -259,8 +251,6 @@ impl Hub {
                 capacity: capacity.max(1),
                 clients: Arc::new(Semaphore::new(max_clients)),
                 max_clients,
-                awaiting_drain: AtomicBool::new(false),
-                drained: Notify::new(),
             }),
         }
     }
@@ -269,29 +259,6 @@ impl Hub {
     /// a new event can go out at once without queueing behind a fan-out.
     pub fn is_drained(&self) -> bool {
         self.backlog() == 0
-    }
-
-    /// Resolves once a stream reports, via [`Hub::note_caught_up`], that the
-    /// broadcast has drained, or at once if it already has. Spurious wake-ups
-    /// are possible; callers re-check [`Hub::is_drained`]. No timer: the
-    /// subscriber bounds the wait with its batch window.
-    pub async fn drained(&self) {
-        let notified = self.inner.drained.notified();
-        let mut notified = std::pin::pin!(notified);
-        notified.as_mut().enable();
-        self.inner.awaiting_drain.store(true, Ordering::SeqCst);
-        if !self.is_drained() {
-            notified.await;
-        }
-        self.inner.awaiting_drain.store(false, Ordering::SeqCst);
-    }
-
-    /// Called by a stream that has taken everything queued for it. Costs one
-    /// atomic load unless the subscriber is waiting for the drain.
-    pub fn note_caught_up(&self) {
-        if self.inner.awaiting_drain.load(Ordering::SeqCst) && self.is_drained() {
-            self.inner.drained.notify_one();
-        }
     }
 
     /// Sends one update to every local stream it matches. Having no receivers is normal.
@@ -690,28 +657,18 @@ mod tests {
         assert_eq!(hub.backlog(), 0);
     }
 
-    #[tokio::test]
-    async fn drained_once_every_receiver_has_taken_the_last_batch() {
+    #[test]
+    fn drained_once_every_receiver_has_taken_the_last_batch() {
         let hub = Hub::new(2, 16);
         assert!(hub.is_drained(), "nothing sent yet");
         let mut a = hub.subscribe(native(&["a"]));
         let mut b = hub.subscribe(native(&["*"]));
         hub.send(event(1, &["a"], false));
         assert!(!hub.is_drained());
-        let waiter = tokio::spawn({
-            let hub = hub.clone();
-            async move { hub.drained().await }
-        });
         a.rx.try_recv().unwrap();
-        hub.note_caught_up();
         assert!(!hub.is_drained(), "b has not taken it");
         b.rx.try_recv().unwrap();
-        hub.note_caught_up();
         assert!(hub.is_drained());
-        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
-            .await
-            .expect("the waiting subscriber is woken")
-            .unwrap();
     }
 
     #[test]

@@ -521,11 +521,7 @@ fn event_stream(
                                 lagged = true;
                                 break;
                             }
-                            Err(TryRecvError::Empty) => {
-                                state.hub.note_caught_up();
-                                break;
-                            }
-                            Err(TryRecvError::Closed) => break,
+                            Err(TryRecvError::Empty | TryRecvError::Closed) => break,
                         }
                     }
                     if let Some(bytes) = chunk.take() {
