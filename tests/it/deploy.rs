@@ -649,7 +649,10 @@ fn debian_nginx_accepts_the_repo_nginx_conf() {
     let rendered = fs::read_to_string(&conf).unwrap();
     assert!(rendered.contains("server 127.0.0.1:13000;"), "{rendered}");
     assert!(rendered.contains("server 127.0.0.1:13002;"), "{rendered}");
-    assert!(rendered.contains("listen 127.0.0.1:18080;"), "{rendered}");
+    assert!(
+        rendered.contains("listen 127.0.0.1:18080 backlog=4096;"),
+        "{rendered}"
+    );
     assert!(!rendered.contains("backend-1:3000") && !rendered.contains("backend-2:3002"));
 
     let out = nginx_command(dir.path(), &conf).arg("-t").output().unwrap();
