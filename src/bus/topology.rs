@@ -170,28 +170,66 @@ fn manager_config() -> redis::aio::ConnectionManagerConfig {
 }
 
 impl Sentinel {
-    /// Asks the sentinels in turn for the master's address; the first answer wins.
+    /// The master's address by the sentinel with the highest configuration
+    /// epoch. Every sentinel is asked at once (`SENTINEL MASTER <name>`:
+    /// `ip`, `port`, `config-epoch`; Redis docs, "Sentinel API"): right after
+    /// a failover the sentinels that have not heard of it yet still name the
+    /// old primary, which may already be back, empty, answering `ROLE` as a
+    /// master; the first answer would send writes there to be thrown away.
+    /// Unreachable sentinels are skipped; each answer is bounded by the
+    /// command timeout.
+    ///
+    /// # Errors
+    /// The last error when no sentinel answered; [`BusError::NotPrimary`]
+    /// when none knows the master.
     async fn primary(&self) -> Result<(String, u16), BusError> {
+        let answers =
+            futures_util::future::join_all(self.sentinels.iter().map(|s| self.ask(s))).await;
+        let mut newest: Option<(u64, String, u16)> = None;
         let mut last = BusError::NotReady;
-        for sentinel in &self.sentinels {
-            let asked = timed(async {
-                let mut conn = sentinel.get_multiplexed_async_connection().await?;
-                redis::cmd("SENTINEL")
-                    .arg("GET-MASTER-ADDR-BY-NAME")
-                    .arg(&self.master)
-                    .query_async::<Option<(String, u16)>>(&mut conn)
-                    .await
-            })
-            .await;
-            match asked {
-                Ok(Some(addr)) => return Ok(addr),
-                Ok(None) => {
-                    last = BusError::NotPrimary(format!("no master named {:?}", self.master))
+        for answer in answers {
+            match answer {
+                Ok(found) => {
+                    if newest.as_ref().is_none_or(|(epoch, ..)| found.0 > *epoch) {
+                        newest = Some(found);
+                    }
                 }
                 Err(err) => last = err,
             }
         }
-        Err(last)
+        newest.map(|(_, host, port)| (host, port)).ok_or(last)
+    }
+
+    /// One sentinel's view of the master: (config epoch, host, port).
+    async fn ask(&self, sentinel: &redis::Client) -> Result<(u64, String, u16), BusError> {
+        let fields = timed(async {
+            let mut conn = sentinel.get_multiplexed_async_connection().await?;
+            redis::cmd("SENTINEL")
+                .arg("MASTER")
+                .arg(&self.master)
+                .query_async::<std::collections::HashMap<String, String>>(&mut conn)
+                .await
+        })
+        .await
+        .map_err(|err| match err {
+            // An error reply: "ERR No such master with that name".
+            BusError::Redis(e) if e.code().is_some() => {
+                BusError::NotPrimary(format!("no master named {:?}", self.master))
+            }
+            other => other,
+        })?;
+        let field = |name: &str| {
+            fields.get(name).ok_or_else(|| {
+                BusError::NotPrimary(format!("SENTINEL MASTER answered without {name:?}"))
+            })
+        };
+        let host = field("ip")?.clone();
+        let port = field("port")?;
+        let port = port
+            .parse()
+            .map_err(|_| BusError::NotPrimary(format!("SENTINEL MASTER port {port:?}")))?;
+        let epoch = field("config-epoch")?.parse().unwrap_or(0);
+        Ok((epoch, host, port))
     }
 }
 

@@ -62,6 +62,12 @@ pub struct TestSentinel {
 
 impl TestSentinel {
     fn start(primary_port: u16) -> Self {
+        Self::start_with(primary_port, "")
+    }
+
+    /// A sentinel monitoring [`MASTER`] at `primary_port`, with `extra`
+    /// lines appended to its config (e.g. `sentinel config-epoch …`).
+    pub fn start_with(primary_port: u16, extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let conf: PathBuf = dir.path().join("sentinel.conf");
@@ -72,7 +78,7 @@ impl TestSentinel {
                  sentinel monitor {MASTER} 127.0.0.1 {primary_port} 2\n\
                  sentinel down-after-milliseconds {MASTER} 1000\n\
                  sentinel failover-timeout {MASTER} 5000\n\
-                 sentinel parallel-syncs {MASTER} 1\n",
+                 sentinel parallel-syncs {MASTER} 1\n{extra}",
                 dir = dir.path().display()
             ),
         )
@@ -99,6 +105,14 @@ impl TestSentinel {
     /// `127.0.0.1:<port>`.
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    /// The last `lines` lines of this sentinel's log (for failure messages).
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log =
+            std::fs::read_to_string(self._dir.path().join("sentinel.log")).unwrap_or_default();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
     }
 
     /// `SENTINEL GET-MASTER-ADDR-BY-NAME`: the primary this sentinel names.
@@ -165,6 +179,15 @@ impl TestSentinelGroup {
             servers: vec![primary, replica],
             sentinels,
         }
+    }
+
+    /// What happened, for failure messages: each sentinel's last log lines.
+    pub fn sentinel_logs(&self) -> String {
+        self.sentinels
+            .iter()
+            .map(|s| format!("--- sentinel {} ---\n{}", s.addr(), s.log_tail(40)))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// `host:port,…` of the sentinels, for `REDIS_SENTINELS`.
