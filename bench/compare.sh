@@ -600,6 +600,10 @@ storm_case() {
             --pid "$(cat "$work/storm-2.pid")")
         show <<<"$report"
         jq -r '"    storm: \(.resume.clients_reconnected) streams resumed (\(.resume.reconnects) resumes), last \(.resume.last_resumed_secs_after_signal) s after SIGTERM; after-signal p99 \(.resume.latency_after_signal_ms.p99) ms; missing \(.deliveries.missing), duplicates \(.deliveries.duplicates), POST failed \(.events.failed)"' <<<"$report" >&2
+        # What nginx logged (worker_connections exhausted, upstream errors):
+        # the first lines of each kind, so a failed run says why.
+        grep -E '\[(alert|crit|error)\]' "$dir/error.log" | sed -E 's/^.*\[(alert|crit|error)\] [0-9#*]+: (\*[0-9]+ )?//; s/, client:.*//' |
+            sort | uniq -c | sort -rn | head -5 | sed 's/^/    nginx: /' >&2 || true
         for pid in "$(cat "$dir/master.pid")" "$(cat "$work/storm-1.pid")" "$(cat "$work/storm-2.pid")"; do
             kill "$pid" 2>/dev/null || true
             wait "$pid" 2>/dev/null || true
