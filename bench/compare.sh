@@ -532,9 +532,12 @@ scenario_post() {
 
 scenario_churn() {
     say "churn: $CHURN_RATE new streams/s for $CHURN_SECS s while $CHURN_OPEN stay open"
+    # bench() passes --duration "$DURATION": the churn lasts CHURN_SECS instead
+    # (bash's dynamic scope makes this local visible there).
+    local DURATION=$CHURN_SECS
     fixed --fresh churn .churn.connect_ms.p99 "churn: connect p99 @ $CHURN_RATE new/s" "ms" "lower is better" \
         --clients "$CHURN_OPEN" --source-addrs "$(src_addrs "$CHURN_OPEN")" --rate 0 \
-        --churn-rate "$CHURN_RATE" --duration "$CHURN_SECS"
+        --churn-rate "$CHURN_RATE"
     also churn '.churn.ok / .churn.scheduled * 100' "churn: streams that connected" "%" "higher is better"
     # RSS after the churn minus RSS before it, same runs.
     also churn '.server.rss_kib_end - .server.rss_kib_connected' "churn: RSS after − before the churn" "KiB" "lower is better"
