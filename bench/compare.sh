@@ -47,6 +47,7 @@
 #   STORM_FAST_CLIENTS [1000]  STORM_FAST_RATE [200]
 #   NCHAN_WORKERS [1] nginx worker processes per nchan instance
 #   RESULTS [target/compare-<time>.jsonl]: every bench report, one JSON per line
+#   KEEP_WORK [unset]: when set, keep the work dir (logs of every process) at exit
 #   FANOUT_BIN [target/release/sse-fanout]: the sse-fanout binary to measure
 #            (e.g. an older commit's build, for a before/after in one run)
 #
@@ -79,6 +80,7 @@ STORM_RATE=${STORM_RATE:-2}
 STORM_FAST_CLIENTS=${STORM_FAST_CLIENTS:-1000}
 STORM_FAST_RATE=${STORM_FAST_RATE:-200}
 STORM_SIGNAL_AT=${STORM_SIGNAL_AT:-3}
+STORM_SOURCE_ADDRS=${STORM_SOURCE_ADDRS:-2}
 NCHAN_WORKERS=${NCHAN_WORKERS:-1}
 RESULTS=${RESULTS:-target/compare-$(date +%Y%m%d-%H%M%S).jsonl}
 
@@ -155,7 +157,11 @@ cleanup() {
     for pid in "${pids[@]}"; do
         wait "$pid" 2>/dev/null || true
     done
-    rm -rf "$work"
+    if [ -n "${KEEP_WORK:-}" ]; then
+        echo "kept $work (KEEP_WORK)" >&2
+    else
+        rm -rf "$work"
+    fi
 }
 trap cleanup EXIT INT TERM
 
@@ -586,28 +592,39 @@ start_repo_nginx() {
 storm_case() {
     local name=$1 label=$2 clients=$3 rate=$4
     say "storm: $clients streams through nginx over two instances, $rate events/s, SIGTERM one at ${STORM_SIGNAL_AT} s"
-    local run report storm_nginx s1 s2 dir pid
+    local run report storm_nginx s1 s2 s1_name s2_name dir pid
     for run in $(seq "$RUNS"); do
         s1=$(free_port)
         s2=$(free_port)
         storm_nginx=$(free_port)
         dir=$work/$name-nginx-$run
-        start_fanout storm-1 "$s1" "$redis_fanout"
-        start_fanout storm-2 "$s2" "$redis_fanout"
+        s1_name=$name-$run-1
+        s2_name=$name-$run-2
+        start_fanout "$s1_name" "$s1" "$redis_fanout"
+        start_fanout "$s2_name" "$s2" "$redis_fanout"
         start_repo_nginx "$dir" "$storm_nginx" "$s1" "$s2"
-        report=$(bench sse-fanout "$name" --clients "$clients" --source-addrs 2 \
+        # The kernel's counters of dropped SYNs and retransmits during the run
+        # (a full accept queue costs a client 1 s, 3 s, 7 s... per drop).
+        if command -v nstat >/dev/null; then NSTAT_HISTORY=$work/nstat nstat -n; fi
+        report=$(bench sse-fanout "$name" --clients "$clients" --source-addrs "$STORM_SOURCE_ADDRS" \
             --sse "http://127.0.0.1:$storm_nginx/events/sse" \
             --publish "http://127.0.0.1:$storm_nginx/accounts" --rate "$rate" \
             --publish-token "$publisher_jwt" \
-            --reconnect --signal-pid "$(cat "$work/storm-1.pid")" --signal-at "$STORM_SIGNAL_AT" \
-            --pid "$(cat "$work/storm-2.pid")")
+            --reconnect --signal-pid "$(cat "$work/$s1_name.pid")" --signal-at "$STORM_SIGNAL_AT" \
+            --pid "$(cat "$work/$s2_name.pid")")
         show <<<"$report"
+        if command -v nstat >/dev/null; then
+            NSTAT_HISTORY=$work/nstat nstat TcpExtListenOverflows TcpExtListenDrops TcpExtTCPSynRetrans TcpExtTCPTimeouts |
+                awk 'NR > 1 { printf "    kernel: %s %s\n", $1, $2 }' >&2
+        fi
         jq -r '"    storm: \(.resume.clients_reconnected) streams resumed (\(.resume.reconnects) resumes), last \(.resume.last_resumed_secs_after_signal) s after SIGTERM; after-signal p99 \(.resume.latency_after_signal_ms.p99) ms; missing \(.deliveries.missing), duplicates \(.deliveries.duplicates), POST failed \(.events.failed)"' <<<"$report" >&2
         # What nginx logged (worker_connections exhausted, upstream errors):
         # the first lines of each kind, so a failed run says why.
         grep -E '\[(alert|crit|error)\]' "$dir/error.log" | sed -E 's/^.*\[(alert|crit|error)\] [0-9#*]+: (\*[0-9]+ )?//; s/, client:.*//' |
             sort | uniq -c | sort -rn | head -5 | sed 's/^/    nginx: /' >&2 || true
-        for pid in "$(cat "$dir/master.pid")" "$(cat "$work/storm-1.pid")" "$(cat "$work/storm-2.pid")"; do
+        grep -hE ' (WARN|ERROR) ' "$work/$s1_name.log" "$work/$s2_name.log" | sed -E 's/^[^ ]+ +//' | cut -c1-160 |
+            sort | uniq -c | sort -rn | head -5 | sed 's/^/    sse-fanout: /' >&2 || true
+        for pid in "$(cat "$dir/master.pid")" "$(cat "$work/$s1_name.pid")" "$(cat "$work/$s2_name.pid")"; do
             kill "$pid" 2>/dev/null || true
             wait "$pid" 2>/dev/null || true
         done

@@ -469,6 +469,9 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             connections.failed += 1;
             *errors.entry(format!("sse: {e}")).or_default() += 1;
         }
+        if let Some(e) = &out.resume_error {
+            *errors.entry(format!("resume: {e}")).or_default() += 1;
+        }
         let Some(connected_ns) = out.connected_ns else {
             continue;
         };

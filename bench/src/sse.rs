@@ -155,6 +155,8 @@ pub(crate) struct ClientOutcome {
     pub error: Option<String>,
     /// The stream ended (or failed) before the run did, and was not resumed.
     pub dropped: bool,
+    /// Why the last resume attempt of a dropped stream failed (`--reconnect`).
+    pub resume_error: Option<String>,
     /// Times the stream ended and was resumed (`--reconnect`).
     pub reconnects: u64,
     /// When the last resumed stream got its response headers, ns since `t0`.
@@ -191,6 +193,7 @@ impl Default for ClientOutcome {
             connected_ns: None,
             error: None,
             dropped: false,
+            resume_error: None,
             reconnects: 0,
             resumed_ns: None,
             deliveries: 0,
@@ -319,6 +322,10 @@ async fn client(plan: ClientPlan, shared: &Shared, connecting: Arc<Semaphore>) -
         } else {
             if ended_at.is_some_and(|at| at.elapsed() > plan.connect_timeout) {
                 out.dropped = true;
+                out.resume_error = Some(match ended {
+                    Err(e) => e,
+                    Ok(()) => "closed before response headers".to_owned(),
+                });
                 return out;
             }
             tokio::select! {

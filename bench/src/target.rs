@@ -91,6 +91,13 @@ impl Target {
 }
 
 /// Connects to `addr`, bound to `source` first when given; `TCP_NODELAY` set.
+///
+/// A plain `bind(ip, 0)` reserves an ephemeral port for that socket alone,
+/// whatever the destination, and the ports held by earlier runs' TIME_WAIT
+/// sockets and by nginx's upstream connections are not available to it: a
+/// storm's third run of 10,000 streams got `EADDRINUSE` for 4,340 of them.
+/// On Linux `IP_BIND_ADDRESS_NO_PORT` (ip(7)) defers the port to `connect`,
+/// which only needs the 4-tuple to be unique.
 pub(crate) async fn connect(
     addr: SocketAddr,
     source: Option<IpAddr>,
@@ -101,6 +108,15 @@ pub(crate) async fn connect(
         TcpSocket::new_v6()?
     };
     if let Some(ip) = source {
+        #[cfg(target_os = "linux")]
+        if ip.is_ipv4() {
+            nix::sys::socket::setsockopt(
+                &socket,
+                nix::sys::socket::sockopt::IpBindAddressNoPort,
+                &true,
+            )
+            .map_err(std::io::Error::from)?;
+        }
         socket.bind(SocketAddr::new(ip, 0))?;
     }
     let stream = socket.connect(addr).await?;
