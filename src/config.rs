@@ -150,11 +150,11 @@ pub struct Config {
     #[arg(long, env = "HEADER_READ_TIMEOUT_SECS", default_value_t = DEFAULT_HEADER_READ_TIMEOUT_SECS,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub header_read_timeout_secs: u64,
-    /// Batch window under load, in ms: an event that finds every local client
-    /// idle (all have taken the previous batch) goes out at once; one that
-    /// arrives while the previous fan-out is still running starts a batch that
-    /// gathers for this long and reaches each client in one write. 0 sends
-    /// every event at once.
+    /// Longest batch hold under load, in ms: an event that finds every local
+    /// client idle (all have taken the previous batch) goes out at once; one
+    /// that arrives while the previous fan-out is still running starts a batch
+    /// that gathers for 40 µs per stream of that fan-out, at most this long,
+    /// and reaches each client in one write. 0 sends every event at once.
     #[arg(long, env = "SSE_BATCH_WINDOW_MS", default_value_t = DEFAULT_SSE_BATCH_WINDOW_MS,
           value_parser = clap::value_parser!(u64).range(0..=1000))]
     pub sse_batch_window_ms: u64,

@@ -407,9 +407,22 @@ impl Hub {
     /// Looks only at the groups sent to since they last drained (and forgets
     /// those that have).
     pub fn backlog(&self) -> usize {
+        self.settle().0
+    }
+
+    /// Streams in the groups whose slowest receiver has not yet taken the
+    /// last batch: the size of the fan-out still running (0 = drained). A
+    /// group counts whole, since its receivers share one broadcast.
+    pub fn busy_streams(&self) -> usize {
+        self.settle().1
+    }
+
+    /// (most batches any unsettled group holds, streams of the groups
+    /// holding any), forgetting the groups that have drained.
+    fn settle(&self) -> (usize, usize) {
         let mut state = lock(&self.inner.state);
         let state = &mut *state;
-        let mut most = 0;
+        let (mut most, mut busy) = (0, 0);
         let groups = &mut state.groups;
         state.unsettled.retain(|g| {
             let Some(group) = groups.get_mut(g) else {
@@ -418,9 +431,12 @@ impl Hub {
             let len = group.tx.len();
             most = most.max(len);
             group.unsettled = len > 0;
+            if group.unsettled {
+                busy += group.members;
+            }
             group.unsettled
         });
-        most
+        (most, busy)
     }
 
     /// Groups listed as possibly not drained (for tests of the drain check's cost).
@@ -668,6 +684,30 @@ mod tests {
         a.rx.try_recv().unwrap();
         assert!(!hub.is_drained(), "b has not taken it");
         b.rx.try_recv().unwrap();
+        assert!(hub.is_drained());
+    }
+
+    #[test]
+    fn busy_streams_counts_the_groups_still_taking_a_batch() {
+        let hub = Hub::new(8, 16);
+        let mut a1 = hub.subscribe(native(&["a"]));
+        let mut a2 = hub.subscribe(native(&["a"]));
+        let mut b = hub.subscribe(native(&["b"]));
+        assert_eq!(hub.busy_streams(), 0, "nothing sent yet");
+        hub.send(event(1, &["a"], false));
+        assert_eq!(hub.busy_streams(), 2, "group a has two streams");
+        a1.rx.try_recv().unwrap();
+        assert_eq!(
+            hub.busy_streams(),
+            2,
+            "a2 has not taken it: the group is busy"
+        );
+        hub.send(event(2, &["b"], false));
+        assert_eq!(hub.busy_streams(), 3);
+        a2.rx.try_recv().unwrap();
+        assert_eq!(hub.busy_streams(), 1, "only b's group is still busy");
+        b.rx.try_recv().unwrap();
+        assert_eq!(hub.busy_streams(), 0);
         assert!(hub.is_drained());
     }
 

@@ -150,20 +150,41 @@ pub(super) async fn run(
     tracing::info!(server.id = bus.server_id(), "subscriber stopped");
 }
 
+/// How long a batch is held per stream of the fan-out still running
+/// ([`Hub::busy_streams`]), up to the configured window. One delivery costs
+/// ~10 µs of CPU on a small VM (write, wake-up, read; BENCHMARKS.md), so a
+/// hold of 4× the running fan-out's cost keeps the writes below ~25 % of a
+/// core whatever the event rate, and a small busy group (100 `*` streams of
+/// a topic hub: 4 ms) does not wait the 20 ms a group of 500 needs.
+const HOLD_PER_BUSY_STREAM: Duration = Duration::from_micros(40);
+
+/// The hold for a batch that finds `busy` streams still taking the previous
+/// one: [`HOLD_PER_BUSY_STREAM`] each, at most `window`; zero when none is.
+fn hold_for(busy: usize, window: Duration) -> Duration {
+    let busy = u32::try_from(busy).unwrap_or(u32::MAX);
+    HOLD_PER_BUSY_STREAM.saturating_mul(busy).min(window)
+}
+
 /// Adds to `batch` whatever messages are already there. If every local
 /// stream has taken the previous batch (the hub is drained), that is all:
 /// an event that finds the clients idle goes out at once, with no timer.
 /// If the previous fan-out is still running, events come faster than single
-/// fan-outs finish, so this keeps gathering for `window` (or until the batch
-/// is full): under load each stream then gets one write per window instead
-/// of one per event, which is what keeps CPU per delivery low at high rates.
+/// fan-outs finish, so this keeps gathering (or until the batch is full) for
+/// a hold that grows with that fan-out's size, up to `window` ([`hold_for`]):
+/// under load each stream then gets one write per hold instead of one per
+/// event, which is what keeps CPU per delivery low at high rates.
 /// Returns `true` when the message stream ended.
 async fn gather<S>(messages: &mut S, hub: &Hub, batch: &mut Batch, window: Duration) -> bool
 where
     S: futures_util::Stream<Item = redis::Msg> + Unpin,
 {
-    let hold = !window.is_zero() && !hub.is_drained();
-    let deadline = tokio::time::sleep(if hold { window } else { Duration::ZERO });
+    let hold = if window.is_zero() {
+        Duration::ZERO
+    } else {
+        hold_for(hub.busy_streams(), window)
+    };
+    let deadline = tokio::time::sleep(hold);
+    let hold = !hold.is_zero();
     let mut deadline = std::pin::pin!(deadline);
     while batch.bytes < MAX_BATCH_BYTES {
         let next = match messages.next().now_or_never() {
@@ -327,5 +348,24 @@ impl Batch {
         }
         self.bytes += update.native.len();
         self.frames.push(update);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hold_grows_with_the_busy_fan_out_up_to_the_window() {
+        let window = Duration::from_millis(20);
+        assert_eq!(hold_for(0, window), Duration::ZERO, "drained: no hold");
+        assert_eq!(hold_for(1, window), Duration::from_micros(40));
+        assert_eq!(hold_for(100, window), Duration::from_millis(4));
+        assert_eq!(hold_for(500, window), window);
+        assert_eq!(hold_for(usize::MAX, window), window);
+        assert_eq!(
+            hold_for(100, Duration::from_millis(1)),
+            Duration::from_millis(1)
+        );
     }
 }
