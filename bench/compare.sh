@@ -46,6 +46,9 @@
 #   TOPIC_RATE [1000]  STORM_CLIENTS [10000]  STORM_RATE [2]  STORM_SIGNAL_AT [3]
 #   STORM_FAST_CLIENTS [1000]  STORM_FAST_RATE [200]
 #   NCHAN_WORKERS [1] nginx worker processes per nchan instance
+#   FANOUT_WORKERS [unset: tokio's default, one per core] worker threads per
+#            sse-fanout instance (TOKIO_WORKER_THREADS); 1 = like nchan's one
+#            worker per instance
 #   RESULTS [target/compare-<time>.jsonl]: every bench report, one JSON per line
 #   KEEP_WORK [unset]: when set, keep the work dir (logs of every process) at exit
 #   FANOUT_BIN [target/release/sse-fanout]: the sse-fanout binary to measure
@@ -82,6 +85,7 @@ STORM_FAST_RATE=${STORM_FAST_RATE:-200}
 STORM_SIGNAL_AT=${STORM_SIGNAL_AT:-3}
 STORM_SOURCE_ADDRS=${STORM_SOURCE_ADDRS:-2}
 NCHAN_WORKERS=${NCHAN_WORKERS:-1}
+FANOUT_WORKERS=${FANOUT_WORKERS:-}
 RESULTS=${RESULTS:-target/compare-$(date +%Y%m%d-%H%M%S).jsonl}
 
 all_scenarios=(rate cpu latency rss post churn topics storm)
@@ -284,7 +288,8 @@ start_fanout() {
     local name=$1 port=$2 redis_port=$3
     SERVER_ID=$name HOST=127.0.0.1 PORT=$port REDIS_URL="redis://127.0.0.1:$redis_port" \
         MERCURE_PUBLISHER_JWT_KEY=$jwt_key \
-        MAX_SSE_CLIENTS=1000000 RUST_LOG=warn "$server_bin" >"$work/$name.log" 2>&1 &
+        MAX_SSE_CLIENTS=1000000 RUST_LOG=warn \
+        env ${FANOUT_WORKERS:+TOKIO_WORKER_THREADS=$FANOUT_WORKERS} "$server_bin" >"$work/$name.log" 2>&1 &
     pids+=($!)
     echo "$!" >"$work/$name.pid"
     wait_http "http://127.0.0.1:$port/health"
