@@ -178,18 +178,13 @@ async fn gather<S>(messages: &mut S, hub: &Hub, batch: &mut Batch, window: Durat
 where
     S: futures_util::Stream<Item = redis::Msg> + Unpin,
 {
-    let hold = if window.is_zero() {
-        Duration::ZERO
-    } else {
-        hold_for(hub.busy_streams(), window)
-    };
-    let deadline = tokio::time::sleep(hold);
-    let hold = !hold.is_zero();
-    let mut deadline = std::pin::pin!(deadline);
+    let hold = hold_for(hub.busy_streams(), window);
+    let holding = !hold.is_zero();
+    let mut deadline = std::pin::pin!(tokio::time::sleep(hold));
     while batch.bytes < MAX_BATCH_BYTES {
         let next = match messages.next().now_or_never() {
             Some(ready) => ready,
-            None if !hold => return false,
+            None if !holding => return false,
             None => tokio::select! {
                 msg = messages.next() => msg,
                 () = deadline.as_mut() => return false,
@@ -363,6 +358,11 @@ mod tests {
         assert_eq!(hold_for(100, window), Duration::from_millis(4));
         assert_eq!(hold_for(500, window), window);
         assert_eq!(hold_for(usize::MAX, window), window);
+        assert_eq!(
+            hold_for(100, Duration::ZERO),
+            Duration::ZERO,
+            "0 = never batch"
+        );
         assert_eq!(
             hold_for(100, Duration::from_millis(1)),
             Duration::from_millis(1)
